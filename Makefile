@@ -1,0 +1,47 @@
+# One place for every gate: `make check` runs format, lint, types and the tests with coverage.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+DATA ?= ../shared/data/routing
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: setup redis test lint typecheck check format serve classifier eval bench schema
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+test: setup redis
+	$(BIN)/pytest -q --cov=router --cov-report=term:skip-covered
+
+lint: setup
+	$(BIN)/ruff format --check router tests bench
+	$(BIN)/ruff check router tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+format: setup
+	$(BIN)/ruff format router tests bench
+	$(BIN)/ruff check --fix router tests bench
+
+serve: setup
+	$(BIN)/flashpro serve --simulate
+
+schema: setup
+	$(BIN)/flashpro policy schema --out policies/policy.schema.json
+
+classifier: setup
+	$(BIN)/flashpro train --data $(DATA)/train.jsonl --dev $(DATA)/dev.jsonl --out router/data/classifier.json
+
+eval: setup
+	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl --plot bench/results/dev-curve.png

@@ -1,0 +1,218 @@
+"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score. I/O."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from router.policy import PolicyError, Policy, json_schema, load_policy
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return handler(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashpro",
+        description="OpenAI-compatible routing proxy for DeepSeek V4 (Flash, Pro, Pro-Max).",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--policy", type=Path, help="policy YAML (default: the embedded policy)")
+    serve.add_argument("--host", default=os.environ.get("FLASHPRO_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("FLASHPRO_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--simulate",
+        action="store_true",
+        help="start the simulated DeepSeek server alongside and route to it (no key needed)",
+    )
+    serve.add_argument(
+        "--simulate-speed", type=float, default=1.0, help="latency factor of the simulator"
+    )
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=run_serve)
+
+    simulate = commands.add_parser("simulate-upstream", help="run the simulated DeepSeek server")
+    from router import simulator
+
+    simulator.add_cli_arguments(simulate)
+    simulate.set_defaults(handler=run_simulate)
+
+    explain = commands.add_parser("route", help="show how a prompt would be routed")
+    explain.add_argument("prompt", help="the user message")
+    explain.add_argument("--policy", type=Path)
+    explain.add_argument("--model", default="auto", help="requested model or alias")
+    explain.add_argument("--system", help="a system prompt")
+    explain.set_defaults(handler=run_route)
+
+    policy = commands.add_parser("policy", help="check or describe policy files")
+    policy_commands = policy.add_subparsers(title="policy commands", metavar="ACTION")
+    check = policy_commands.add_parser("check", help="validate a policy file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=run_policy_check)
+    schema = policy_commands.add_parser("schema", help="print the policy JSON Schema")
+    schema.add_argument("--out", type=Path)
+    schema.set_defaults(handler=run_policy_schema)
+
+    _add_model_commands(commands)
+    return parser
+
+
+def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from router import evaluate, train
+
+    for name, help_text, add, run in (
+        ("train", "fit the difficulty classifier", train.add_train_arguments, train.run_train),
+        ("eval", "evaluate routing quality", evaluate.add_eval_arguments, evaluate.run_eval),
+        ("score", "score a data set", evaluate.add_score_arguments, evaluate.run_score),
+        (
+            "bench-classifier",
+            "time the classifier",
+            evaluate.add_bench_classifier_arguments,
+            evaluate.run_bench_classifier,
+        ),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        add(sub)
+        sub.set_defaults(handler=run)
+
+
+def _load_or_report(path: Path | None) -> Policy | None:
+    try:
+        return load_policy(path)[0]
+    except PolicyError as exc:
+        print(f"flashpro: invalid policy {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return None
+
+
+def run_policy_check(args: argparse.Namespace) -> int:
+    policy = _load_or_report(args.file)
+    if policy is None:
+        return 1
+    print(
+        f"{args.file}: ok ({len(policy.tiers)} tiers, {len(policy.aliases)} aliases, "
+        f"{len(policy.rules)} rules)"
+    )
+    return 0
+
+
+def run_policy_schema(args: argparse.Namespace) -> int:
+    text = json_schema()
+    if args.out:
+        args.out.write_text(text, "utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run_route(args: argparse.Namespace) -> int:
+    from router.classify import load_classifier
+    from router.decide import decide
+    from router.pipeline import Routing, facts_of
+    from router.schemas import ChatRequest
+
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    classifier = load_classifier(None)
+    routing = Routing.build(policy, "cli", classifier.threshold_for_share, {})
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    request = ChatRequest.model_validate({"model": args.model, "messages": messages})
+    assessment = classifier.assess(request)
+    facts = facts_of(request, {}, assessment.prompt_tokens)
+    decision = decide(policy, routing.thresholds, facts, assessment)
+    print(f"score      {assessment.score:.4f}  (reasoning-heavy: {assessment.reasoning})")
+    if decision.alias is not None:
+        steps = routing.thresholds[decision.alias]
+        shown = ", ".join(f"{tier}>={value:.4f}" for tier, value in steps.steps)
+        print(f"thresholds {decision.alias}: {steps.default_tier} below; {shown}")
+    effort = f", effort {decision.reasoning_effort}" if decision.reasoning_effort else ""
+    print(f"tier       {decision.tier}  ({decision.model}, thinking {decision.thinking}{effort})")
+    print(f"rule       {decision.rule}")
+    print(f"reason     {decision.reason}")
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from router import simulator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = simulator.config_from_args(args)
+    simulator.serve(config, args.host, args.port)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    if args.policy is not None:
+        os.environ["FLASHPRO_POLICY"] = str(args.policy.resolve())
+    if args.simulate:
+        _start_simulator(policy, args.simulate_speed)
+    else:
+        missing = sorted({t.api_key_env for t in policy.tiers.values()} - set(os.environ))
+        if missing:
+            print(
+                f"flashpro: no upstream key: set {', '.join(missing)} (your DeepSeek API key), "
+                "or run `flashpro serve --simulate` to try flashpro against its simulated "
+                "DeepSeek server.",
+                file=sys.stderr,
+            )
+            return 2
+    uvicorn.run(
+        "router.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def _start_simulator(policy: Policy, speed: float) -> None:
+    from router import simulator
+
+    profiles = dict(simulator.default_profiles())
+    for tier in policy.tiers.values():
+        profiles.setdefault(
+            tier.model_name, simulator.ModelProfile(tier.latency.ttft_ms, tier.latency.tokens_per_s)
+        )
+    running = simulator.start_in_thread(simulator.SimulatorConfig(profiles=profiles, speed=speed))
+    os.environ["DEEPSEEK_API_BASE"] = running.url
+    os.environ["FLASHPRO_SIMULATED"] = "true"
+    for tier in policy.tiers.values():
+        os.environ[tier.api_key_env] = "sk-simulated-upstream"
+    banner = "=" * 78
+    print(
+        f"{banner}\n  SIMULATED UPSTREAM: requests go to flashpro's simulated DeepSeek server at\n"
+        f"  {running.url}, not to DeepSeek. Answers are synthetic. Drop --simulate and set\n"
+        f"  DEEPSEEK_API_KEY to use the real API.\n{banner}",
+        file=sys.stderr,
+        flush=True,
+    )

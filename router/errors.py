@@ -1,0 +1,131 @@
+"""The error tree: each error knows its HTTP status and OpenAI error envelope. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class FlashproError(Exception):
+    """Base of every error flashpro reports to a client."""
+
+    status: int = 500
+    type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(FlashproError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class Unauthorized(FlashproError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class ModelNotFound(FlashproError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(FlashproError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(FlashproError):
+    """flashpro's own limits (budgets, request rates) refused the request."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamRateLimited(FlashproError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "upstream_rate_limited"
+
+
+class ContextTooLong(FlashproError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "context_length_exceeded"
+
+
+class UpstreamRejected(FlashproError):
+    """The upstream refused the request as invalid; the status mirrors the upstream's 4xx."""
+
+    status = 400
+    type = "invalid_request_error"
+    default_code = "upstream_rejected"
+
+
+class UpstreamTimeout(FlashproError):
+    status = 504
+    type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+class UpstreamError(FlashproError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class RouteNotFound(FlashproError):
+    """No such endpoint, or the wrong method for one (the status says which)."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ServiceUnavailable(FlashproError):
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
+
+
+def internal_error_envelope(request_id: str) -> dict[str, Any]:
+    """The generic 500 body: nothing about the cause leaks to the client."""
+    return {
+        "error": {
+            "message": f"Internal error; quote request id {request_id} when reporting it.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }

@@ -1,0 +1,32 @@
+"""Process settings from the environment (and CLI flags). Pure; no global instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """How this flashpro process runs. Policy content lives in the policy file, not here."""
+
+    model_config = SettingsConfigDict(env_prefix="FLASHPRO_", extra="ignore", frozen=True)
+
+    policy: Path | None = Field(default=None, description="Policy YAML; None = embedded default.")
+    classifier: Path | None = Field(default=None, description="Classifier artifact; None = shipped.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "FLASHPRO_REDIS_URL")
+    )
+    deepseek_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DEEPSEEK_API_KEY")
+    )
+    deepseek_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("DEEPSEEK_API_BASE")
+    )
+    simulated: bool = Field(default=False, description="The upstream is the simulator.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    log_level: str = "info"

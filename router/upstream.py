@@ -1,0 +1,165 @@
+"""Call DeepSeek through litellm: the only module that talks to litellm, and its error table. I/O."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# No machine of ours needs litellm's remote price map; without this it retries a download.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import httpx  # noqa: E402
+import litellm  # noqa: E402
+import openai  # noqa: E402
+
+from router.cost import Usage  # noqa: E402
+from router.errors import (  # noqa: E402
+    ContextTooLong,
+    FlashproError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """Everything one upstream call needs; built by the pipeline from a Decision."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: Mapping[str, Any]
+    thinking: str
+    reasoning_effort: str | None
+    api_base: str | None
+    api_key: str | None
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole answer: the OpenAI-format body to relay, and its usage."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One streamed chunk in OpenAI format; `usage` is set on the chunk that reports it."""
+
+    data: dict[str, Any]
+    usage: Usage | None = None
+
+
+class Upstream(Protocol):
+    async def complete(self, call: UpstreamCall) -> Completion: ...
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
+        """Open the stream; upstream errors before the first chunk raise here."""
+        ...
+
+
+@dataclass
+class LiteLLMUpstream:
+    """The production upstream: `litellm.acompletion`, errors mapped to flashpro's own."""
+
+    secrets: tuple[str, ...] = field(default_factory=tuple)  # scrubbed from error messages
+
+    def __post_init__(self) -> None:
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+
+    def _kwargs(self, call: UpstreamCall) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(call.params)
+        kwargs.update(
+            model=call.model,
+            messages=call.messages,
+            thinking={"type": call.thinking},
+            timeout=call.timeout_s,
+            num_retries=0,
+        )
+        if call.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = call.reasoning_effort
+        if call.api_base is not None:
+            kwargs["api_base"] = call.api_base
+        if call.api_key is not None:
+            kwargs["api_key"] = call.api_key
+        return kwargs
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        try:
+            response = await litellm.acompletion(**self._kwargs(call))
+        except Exception as exc:  # the one place foreign errors are translated
+            raise self.translate(exc) from exc
+        body: dict[str, Any] = response.model_dump(exclude_none=True)
+        return Completion(body=body, usage=Usage.from_wire(body.get("usage")))
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
+        kwargs = self._kwargs(call)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+        return self._chunks(response)
+
+    async def _chunks(self, response: Any) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in response:
+                data: dict[str, Any] = chunk.model_dump(exclude_none=True)
+                usage = data.get("usage")
+                yield Chunk(data, Usage.from_wire(usage) if usage else None)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: BaseException) -> FlashproError:
+        """Map a litellm/openai/httpx exception to flashpro's error tree (the whole table)."""
+        message = self._scrub(_message_of(exc))
+        if isinstance(exc, FlashproError):
+            return exc
+        if isinstance(exc, litellm.ContextWindowExceededError):
+            return ContextTooLong(f"The prompt is too long for the model: {message}")
+        if isinstance(exc, litellm.UnsupportedParamsError):
+            return InvalidRequest(f"Unsupported parameter: {message}")
+        if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+            return UpstreamTimeout("The upstream model did not answer in time.")
+        if isinstance(exc, openai.RateLimitError):
+            return UpstreamRateLimited(
+                f"The upstream is rate-limiting requests: {message}",
+                headers=_retry_after(exc),
+            )
+        if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
+            status = exc.status_code if exc.status_code in (400, 401, 403, 404, 422) else 400
+            return UpstreamRejected(f"The upstream rejected the request: {message}", status=status)
+        if isinstance(exc, openai.APIStatusError):
+            return UpstreamError(f"The upstream failed (status {exc.status_code}).")
+        if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+            return UpstreamError("Could not reach the upstream, or it dropped the connection.")
+        return UpstreamError("The upstream call failed.")
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return _KEY_PATTERN.sub("[redacted]", text)
+
+
+_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{6,}")
+
+
+def _message_of(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc)
+    return text.removeprefix("litellm.").strip()[:500]
+
+
+def _retry_after(exc: BaseException) -> dict[str, str]:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    return {"Retry-After": str(value)} if value else {}

@@ -1,0 +1,195 @@
+"""Shared fixtures: a real redis-server, the simulated DeepSeek server, and flashpro on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from router.app import build_deps, create_app  # noqa: E402
+from router.pipeline import Deps  # noqa: E402
+from router.settings import Settings  # noqa: E402
+from router.simulator import (  # noqa: E402
+    RunningSimulator,
+    SimulatorConfig,
+    default_profiles,
+    start_in_thread,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not become ready within {timeout_s}s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (make test installs it)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._accepts, what="redis-server")
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[RunningSimulator]:
+    config = SimulatorConfig(profiles=default_profiles(), speed=0.01, api_key=UPSTREAM_KEY)
+    running = start_in_thread(config)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def sim(simulator: RunningSimulator) -> RunningSimulator:
+    """The shared simulator with its request log cleared for this test."""
+    simulator.clear()
+    return simulator
+
+
+@contextmanager
+def serve_app(settings: Settings, deps: Deps | None = None) -> Iterator[str]:
+    """Run flashpro in-process (uvicorn in a thread) and yield its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, deps), host="127.0.0.1", port=port, log_level="warning",
+        access_log=False, lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(base + "/healthz"), what="flashpro")
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def settings_for(simulator: RunningSimulator, **overrides: object) -> Settings:
+    values: dict[str, object] = {"deepseek_api_base": simulator.url, **overrides}
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def upstream_env() -> Iterator[None]:
+    """The upstream key the policy names, as a deployment would set it."""
+    old = os.environ.get("DEEPSEEK_API_KEY")
+    os.environ["DEEPSEEK_API_KEY"] = UPSTREAM_KEY
+    yield
+    if old is None:
+        del os.environ["DEEPSEEK_API_KEY"]
+    else:
+        os.environ["DEEPSEEK_API_KEY"] = old
+
+
+@pytest.fixture(scope="session")
+def flashpro(simulator: RunningSimulator, upstream_env: None) -> Iterator[str]:
+    """flashpro in-process with production dependencies, routed to the simulator."""
+    settings = settings_for(simulator, max_body_bytes=256 * 1024)
+    with serve_app(settings, build_deps(settings)) as base:
+        yield base
+
+
+@dataclass
+class FlashproProcess:
+    base: str
+    process: subprocess.Popen[str]
+
+
+@contextmanager
+def flashpro_process(
+    args: list[str], env: dict[str, str], ready_path: str = "/healthz"
+) -> Iterator[FlashproProcess]:
+    """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and http_ok(base + ready_path),
+            timeout_s=60,
+            what="flashpro serve",
+        )
+        yield FlashproProcess(base, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,137 @@
+"""Table tests for decide(): thresholds, pinned models, rules and their bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.classify import Assessment
+from router.decide import RequestFacts, Thresholds, decide, resolve_thresholds, target_of
+from router.errors import ModelNotFound
+from router.policy import Policy, parse_policy
+
+POLICY_YAML = """
+version: 1
+tiers:
+  flash:
+    model: deepseek/deepseek-v4-flash
+    thinking: disabled
+    prices: {input_usd_per_mtok: 0.14, cached_input_usd_per_mtok: 0.014, output_usd_per_mtok: 0.28}
+    latency: {ttft_ms: 400, tokens_per_s: 90}
+  pro:
+    model: deepseek/deepseek-v4-pro
+    thinking: enabled
+    reasoning_effort: high
+    prices: {input_usd_per_mtok: 1.74, cached_input_usd_per_mtok: 0.174, output_usd_per_mtok: 3.48}
+    latency: {ttft_ms: 1200, tokens_per_s: 45}
+  pro-max:
+    model: deepseek/deepseek-v4-pro
+    thinking: enabled
+    reasoning_effort: max
+    prices: {input_usd_per_mtok: 1.74, cached_input_usd_per_mtok: 0.174, output_usd_per_mtok: 3.48}
+    latency: {ttft_ms: 2500, tokens_per_s: 35}
+aliases:
+  auto: {default_tier: flash, thresholds: {pro: 0.5, pro-max: 0.9}}
+  cheap: {default_tier: flash, shares: {pro: 0.1}}
+rules:
+  - name: vip
+    when: {header: {x-team: research}}
+    then: {tier: pro-max}
+  - name: quality-header
+    when: {header: {x-flashpro-quality: high}}
+    then: {min_tier: pro}
+  - name: tools-cap
+    when: {tools: true}
+    then: {max_tier: pro}
+  - name: json-cap
+    when: {json_output: true, stream: false}
+    then: {max_tier: flash}
+  - name: long-prompt
+    when: {min_prompt_tokens: 100000, model: auto}
+    then: {max_tier: pro}
+  - name: plain-no-max
+    when: {reasoning: false, min_score: 0.9}
+    then: {max_tier: pro}
+"""
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return parse_policy(POLICY_YAML)
+
+
+@pytest.fixture(scope="module")
+def thresholds(policy: Policy) -> dict[str, Thresholds]:
+    return resolve_thresholds(policy, lambda share: 1.0 - share)
+
+
+CASES = [
+    # (facts, score, reasoning, tier, rule)
+    (RequestFacts("auto"), 0.10, False, "flash", "threshold:flash"),
+    (RequestFacts("auto"), 0.50, False, "pro", "threshold:pro>=0.5"),
+    (RequestFacts("auto"), 0.89, True, "pro", "threshold:pro>=0.5"),
+    (RequestFacts("auto"), 0.95, True, "pro-max", "threshold:pro-max>=0.9"),
+    (RequestFacts("auto"), 0.95, False, "pro", "plain-no-max"),
+    (RequestFacts("auto", headers={"x-team": "research"}), 0.0, False, "pro-max", "vip"),
+    (RequestFacts("auto", headers={"x-team": "sales"}), 0.0, False, "flash", "threshold:flash"),
+    (RequestFacts("auto", headers={"x-flashpro-quality": "high"}), 0.1, False, "pro", "quality-header"),
+    (RequestFacts("auto", headers={"x-flashpro-quality": "high"}), 0.6, False, "pro", "threshold:pro>=0.5"),
+    (RequestFacts("auto", tools=True), 0.95, True, "pro", "tools-cap"),
+    (RequestFacts("auto", tools=True), 0.2, True, "flash", "threshold:flash"),
+    (RequestFacts("auto", json_output=True), 0.7, False, "flash", "json-cap"),
+    (RequestFacts("auto", json_output=True, stream=True), 0.7, False, "pro", "threshold:pro>=0.5"),
+    (RequestFacts("auto", prompt_tokens=200_000), 0.95, True, "pro", "long-prompt"),
+    (RequestFacts("auto", prompt_tokens=99_999), 0.95, True, "pro-max", "threshold:pro-max>=0.9"),
+    (RequestFacts("cheap"), 0.85, True, "flash", "threshold:flash"),
+    (RequestFacts("cheap"), 0.95, True, "pro", "threshold:pro>=0.9"),
+    (RequestFacts("pro"), 0.0, False, "pro", "pinned:pro"),
+    (RequestFacts("pro-max", tools=True), 0.0, False, "pro-max", "pinned:pro-max"),
+    (RequestFacts("deepseek-v4-flash"), 0.99, True, "flash", "pinned:flash"),
+    (RequestFacts("deepseek/deepseek-v4-pro"), 0.0, False, "pro", "pinned:pro"),
+]
+
+
+@pytest.mark.parametrize(("facts", "score", "reasoning", "tier", "rule"), CASES)
+def test_decide_table(
+    policy: Policy,
+    thresholds: dict[str, Thresholds],
+    facts: RequestFacts,
+    score: float,
+    reasoning: bool,
+    tier: str,
+    rule: str,
+) -> None:
+    decision = decide(policy, thresholds, facts, Assessment(score, reasoning, facts.prompt_tokens))
+    assert (decision.tier, decision.rule) == (tier, rule)
+    spec = policy.tiers[tier]
+    assert decision.model == spec.model
+    assert decision.thinking == spec.thinking
+    assert decision.reasoning_effort == spec.reasoning_effort
+    assert decision.score == score
+
+
+def test_decision_carries_the_alias_only_when_routed(
+    policy: Policy, thresholds: dict[str, Thresholds]
+) -> None:
+    routed = decide(policy, thresholds, RequestFacts("auto"), Assessment(0.3, False, 1))
+    pinned = decide(policy, thresholds, RequestFacts("flash"), Assessment(0.3, False, 1))
+    assert routed.alias == "auto"
+    assert pinned.alias is None
+
+
+def test_unknown_model_is_not_found(policy: Policy) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        target_of(policy, "gpt-4o")
+    assert info.value.status == 404
+    assert info.value.code == "model_not_found"
+    assert "auto" in info.value.message
+
+
+def test_shares_become_thresholds_through_the_calibration(policy: Policy) -> None:
+    resolved = resolve_thresholds(policy, lambda share: round(1.0 - share * 2, 3))
+    assert resolved["cheap"].steps == (("pro", 0.8),)
+    assert resolved["auto"].steps == (("pro", 0.5), ("pro-max", 0.9))
+
+
+def test_header_names_match_case_insensitively() -> None:
+    facts = RequestFacts("auto", headers={"x-team": "research"})
+    assert facts.header("X-Team") == "research"
