@@ -142,6 +142,50 @@ class Alias(_Strict):
         return self
 
 
+class CachePolicy(_Strict):
+    """The response cache: what is stored, for how long, and who may read it."""
+
+    enabled: bool = Field(default=True, description="Look up and store answers at all.")
+    ttl_seconds: int = Field(default=3600, ge=1, description="How long an answer is kept.")
+    sampled_requests: bool = Field(
+        default=False,
+        description="Also cache requests that ask for a sampled answer (temperature above 0 "
+        "and no seed). By default only repeatable requests (temperature 0 or a seed) are cached.",
+    )
+    serve_from_stronger_tiers: bool = Field(
+        default=True,
+        description="A stronger tier's answer may serve the same request routed to a weaker "
+        "tier (Pro -> Flash), never the reverse.",
+    )
+    max_entry_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Larger answers are not cached."
+    )
+    memory_max_entries: int = Field(
+        default=10_000, ge=1, description="In-process cache (no REDIS_URL): entries kept."
+    )
+    memory_max_bytes: int = Field(
+        default=256 * 1_048_576, ge=1024, description="In-process cache: bytes kept."
+    )
+    coalesce_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Identical concurrent misses wait this long for the first one's answer, "
+        "then call the upstream themselves.",
+    )
+    tenants: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 (hex) of a client API key -> tenant id; keys of one tenant share "
+        "entries. Other keys each get their own namespace; no key is 'anonymous'.",
+    )
+
+    @model_validator(mode="after")
+    def _tenant_keys_are_hashes(self) -> CachePolicy:
+        for digest in self.tenants:
+            if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+                raise ValueError(f"tenants: '{digest}' is not a lower-case sha256 hex digest")
+        return self
+
+
 class Policy(_Strict):
     """A whole routing policy document."""
 
@@ -149,6 +193,7 @@ class Policy(_Strict):
     tiers: dict[str, Tier] = Field(min_length=1, description="Tiers, cheapest first.")
     aliases: dict[str, Alias] = Field(min_length=1, description="Model names that are routed.")
     rules: list[Rule] = Field(default_factory=list, description="Ordered; first match wins.")
+    cache: CachePolicy = Field(default_factory=CachePolicy, description="The response cache.")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Policy:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -100,14 +100,6 @@ class RecordedRequest:
     headers: Mapping[str, str]  # lower-case names
     body: dict[str, Any] | None  # the parsed JSON object; None if absent or not an object
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "method": self.method,
-            "path": self.path,
-            "headers": dict(self.headers),
-            "body": self.body,
-        }
-
 
 @dataclass
 class _QueuedFault:
@@ -116,33 +108,28 @@ class _QueuedFault:
     remaining: int
 
 
-@dataclass
-class _State:
-    """Everything the simulator remembers; touched from the event loop, read from tests."""
-
-    recorded: deque[RecordedRequest]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    prefixes: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
-    faults: list[_QueuedFault] = field(default_factory=list)
-    stats: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
 class SimulatorApp:
     """The ASGI application. Build it with `create_simulator_app`."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
-        self._state = _State(recorded=deque(maxlen=config.max_recorded_requests))
+        # Mutated only on the event loop; the lock guards the log, which tests read from outside.
+        self._recorded: deque[RecordedRequest] = deque(maxlen=config.max_recorded_requests)
+        self._lock = threading.Lock()
+        self._prefixes: OrderedDict[bytes, None] = OrderedDict()  # DeepSeek's prefix cache
+        self._faults: list[_QueuedFault] = []
+        self._stats: Counter[tuple[str, str]] = Counter()  # (model, status or "disconnect")
         self._rng = random.Random(config.seed)
 
     def requests(self) -> list[RecordedRequest]:
-        with self._state.lock:
-            return list(self._state.recorded)
+        with self._lock:
+            return list(self._recorded)
 
     def clear(self) -> None:
-        with self._state.lock:
-            self._state.recorded.clear()
-            self._state.stats.clear()
+        """Forget recorded requests and stats (not the prefix cache or queued faults)."""
+        with self._lock:
+            self._recorded.clear()
+            self._stats.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,8 +145,8 @@ class SimulatorApp:
             return
         headers = _headers(scope)
         body = _json_object(raw)
-        with self._state.lock:
-            self._state.recorded.append(RecordedRequest(method, path, headers, body))
+        with self._lock:
+            self._recorded.append(RecordedRequest(method, path, headers, body))
         expected = "POST" if path in _CHAT_PATHS else "GET"
         try:
             self._check_auth(headers)
@@ -233,17 +220,17 @@ class SimulatorApp:
         return fault
 
     def _queued_fault(self, model: str) -> FaultSpec:
-        for queued in self._state.faults:
+        for queued in self._faults:
             if queued.model is None or queued.model == model:
                 queued.remaining -= 1
                 if queued.remaining <= 0:
-                    self._state.faults.remove(queued)
+                    self._faults.remove(queued)
                 return queued.spec
         return FaultSpec()
 
     def _prefix_cache_hit(self, request: ChatRequest, answer: Choice) -> int:
         """Tokens of the longest cached prefix; then persist this request's prefixes and output."""
-        cache = self._state.prefixes
+        cache = self._prefixes
         prefixes = request.prefixes()
         hit = next((tokens for digest, tokens in reversed(prefixes) if digest in cache), 0)
         for digest in (*(d for d, _ in prefixes), output_digest(prefixes[-1][0], answer)):
@@ -254,36 +241,36 @@ class SimulatorApp:
         return hit
 
     def _count(self, model: object, outcome: str) -> None:
-        self._state.stats[(model if isinstance(model, str) else "", outcome)] += 1
+        self._stats[(model if isinstance(model, str) else "", outcome)] += 1
 
     async def _control(self, method: str, path: str, raw: bytes, send: Send) -> None:
         """The `/_sim/*` endpoints that let another process inspect and steer the simulator."""
         if path == "/_sim/requests" and method == "GET":
-            await _send_json(send, 200, [r.to_json() for r in self.requests()])
+            await _send_json(send, 200, [asdict(r) for r in self.requests()])
         elif path == "/_sim/requests" and method == "DELETE":
             self.clear()
             await _send_json(send, 200, {"cleared": True})
         elif path == "/_sim/stats" and method == "GET":
-            await _send_json(send, 200, self._stats())
+            await _send_json(send, 200, self._stats_json())
         elif path == "/_sim/faults" and method == "POST":
             try:
                 queued = _queued(_json_object(raw))
             except SimError as error:
                 await _send_error(send, error)
                 return
-            self._state.faults.append(queued)
+            self._faults.append(queued)
             await _send_json(send, 200, {"queued": queued.remaining})
         elif path == "/_sim/faults" and method == "DELETE":
-            self._state.faults.clear()
+            self._faults.clear()
             await _send_json(send, 200, {"cleared": True})
         else:
             await _send_error(send, SimError(404, f"Not Found: {method} {path}"))
 
-    def _stats(self) -> dict[str, object]:
+    def _stats_json(self) -> dict[str, object]:
         by_model: dict[str, dict[str, int]] = {}
-        for (model, outcome), count in sorted(self._state.stats.items()):
+        for (model, outcome), count in sorted(self._stats.items()):
             by_model.setdefault(model, {})[outcome] = count
-        return {"total": sum(self._state.stats.values()), "by_model": by_model}
+        return {"total": sum(self._stats.values()), "by_model": by_model}
 
 
 def _queued(body: dict[str, Any] | None) -> _QueuedFault:

@@ -39,109 +39,14 @@ _FAULT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
     {"retry_after": "retry_after_s", "disconnect_after_chunks": "disconnect_after"}
     | {k: k for k in ("status", "retry_after_s", "delay_ms", "disconnect_after", "slow")}
 )
-_WORDS: Final = tuple(
-    [
-        "the",
-        "a",
-        "model",
-        "router",
-        "request",
-        "token",
-        "cache",
-        "prefix",
-        "latency",
-        "answer",
-        "question",
-        "system",
-        "user",
-        "value",
-        "result",
-        "step",
-        "first",
-        "then",
-        "next",
-        "because",
-        "therefore",
-        "however",
-        "data",
-        "query",
-        "pipeline",
-        "budget",
-        "policy",
-        "stream",
-        "chunk",
-        "server",
-        "client",
-        "context",
-        "reason",
-        "check",
-        "number",
-        "list",
-        "table",
-        "function",
-        "call",
-        "simple",
-        "clear",
-        "fast",
-        "slow",
-        "cheap",
-        "strong",
-        "weak",
-        "small",
-        "large",
-        "short",
-        "long",
-        "early",
-        "late",
-        "open",
-        "closed",
-        "count",
-        "measure",
-        "compare",
-        "choose",
-        "keep",
-        "drop",
-        "send",
-        "receive",
-        "build",
-        "parse",
-        "route",
-        "score",
-        "rank",
-        "sort",
-        "search",
-        "store",
-        "load",
-        "read",
-        "write",
-        "plan",
-        "test",
-        "run",
-        "fix",
-        "update",
-        "merge",
-        "split",
-        "join",
-        "map",
-        "filter",
-        "reduce",
-        "and",
-        "or",
-        "but",
-        "with",
-        "without",
-        "for",
-        "from",
-        "into",
-        "over",
-        "under",
-        "about",
-        "between",
-        "across",
-        "after",
-        "before",
-    ]
-)
+_PROSE: Final = """the a model router request token cache prefix latency answer question system user value
+    result step first then next because therefore however data query pipeline budget policy stream
+    chunk server client context reason check number list table function call simple clear fast slow
+    cheap strong weak small large short long early late open closed count measure compare choose
+    keep drop send receive build parse route score rank sort search store load read write plan test
+    run fix update merge split join map filter reduce and or but with without for from into over
+    under about between across after before"""
+_WORDS: Final = tuple(_PROSE.split())
 
 
 class SimError(Exception):
@@ -173,10 +78,10 @@ class FaultSpec:
         if self.status is None:
             return None
         if self.status == 429:
-            message, retry_after = "Rate limit reached for requests", self.retry_after_s or 1
-        else:
-            message, retry_after = f"Simulated upstream error {self.status}", self.retry_after_s
-        return SimError(self.status, message, retry_after_s=retry_after)
+            retry_after = self.retry_after_s or 1.0
+            return SimError(429, "Rate limit reached for requests", retry_after_s=retry_after)
+        message = f"Simulated upstream error {self.status}"
+        return SimError(self.status, message, retry_after_s=self.retry_after_s)
 
     def over(self, base: FaultSpec) -> FaultSpec:
         """This spec with unset fields taken from `base`."""
@@ -228,8 +133,7 @@ class ChatRequest:
     max_tokens: int | None
     n: int
     tools: tuple[Tool, ...]
-    forced_tool: str | None
-    tools_disabled: bool
+    tool: Tool | None  # the function a tool call would use; None when tool_choice is "none"
     json_mode: bool
     fingerprint: bytes  # hash of everything that shapes the answer
     fault: FaultSpec
@@ -254,7 +158,7 @@ class ChatRequest:
         return out
 
     def should_call_tool(self) -> bool:
-        return bool(self.tools) and not self.tools_disabled and self.messages[-1].role == "user"
+        return self.tool is not None and self.messages[-1].role == "user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +178,6 @@ class Choice:
         calls = count_tokens(call.name) + count_tokens(call.arguments) if call else 0
         return self.reasoning_tokens() + count_tokens(self.content) + calls
 
-    def as_message(self) -> ChatMessage:
-        calls = (self.tool_call,) if self.tool_call else ()
-        return ChatMessage("assistant", self.content, calls, self.reasoning, None)
-
 
 def count_tokens(text: str | bytes) -> int:
     """Approximate tokens: about four characters each."""
@@ -286,7 +186,9 @@ def count_tokens(text: str | bytes) -> int:
 
 def output_digest(prefix_digest: bytes, choice: Choice) -> bytes:
     """The cache unit persisted at the end of the output (prompt + answer)."""
-    return _digest(prefix_digest + choice.as_message().canonical())
+    calls = (choice.tool_call,) if choice.tool_call else ()
+    message = ChatMessage("assistant", choice.content, calls, choice.reasoning, None)
+    return _digest(prefix_digest + message.canonical())
 
 
 def parse_chat_request(body: object) -> ChatRequest:
@@ -303,20 +205,19 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise SimError(400, "Invalid request: messages must not be empty")
     messages = tuple(_parse_message(m) for m in raw_messages)
     tools = _parse_tools(body.get("tools"))
-    tools_disabled, forced_tool = _parse_tool_choice(body.get("tool_choice"), tools)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return ChatRequest(
         model=model,
         messages=messages,
         stream=body.get("stream") is True,
-        include_usage=_include_usage(body.get("stream_options")),
+        include_usage=isinstance(opts := body.get("stream_options"), dict)
+        and opts.get("include_usage") is True,
         thinking=_parse_thinking(body.get("thinking")),
         effort=_parse_effort(body.get("reasoning_effort")),
         max_tokens=_bounded_int(max_tokens, "max_tokens", _MAX_OUTPUT_TOKENS),
         n=_bounded_int(body.get("n"), "n", _MAX_CHOICES) or 1,
         tools=tools,
-        forced_tool=forced_tool,
-        tools_disabled=tools_disabled,
+        tool=_parse_tool_choice(body.get("tool_choice"), tools),
         json_mode=_parse_json_mode(body.get("response_format")),
         fingerprint=_digest(
             orjson.dumps(
@@ -330,12 +231,9 @@ def parse_chat_request(body: object) -> ChatRequest:
 
 def check_reasoning_passed_back(messages: Sequence[ChatMessage]) -> None:
     """DeepSeek's thinking-mode rule for turns that made tool calls."""
-    for message in messages:
-        if message.role == "assistant" and message.tool_calls and not message.reasoning_content:
-            raise SimError(
-                400,
-                "The reasoning_content in the thinking mode must be passed back to the API.",
-            )
+    if any(m.role == "assistant" and m.tool_calls and not m.reasoning_content for m in messages):
+        message = "The reasoning_content in the thinking mode must be passed back to the API."
+        raise SimError(400, message)
 
 
 def generate_choices(
@@ -359,8 +257,7 @@ def _generate_choice(
         tokens = round(thought.randint(30, 180) * _REASONING_SCALE[request.effort])
         reasoning = "Let me think. " + _sentences(thought, tokens)
     content_tokens = rng.randint(min(12, max_output_tokens), max_output_tokens)
-    if request.should_call_tool():
-        tool = _chosen_tool(request)
+    if (tool := request.tool) is not None and request.should_call_tool():
         call_id = f"call_00_{rng.getrandbits(96):024x}"
         call = ToolCall(call_id, tool.name, _arguments(rng, tool.parameters))
         return _truncated(reasoning, "", call, request.max_tokens)
@@ -393,19 +290,13 @@ def _sentences(rng: random.Random, tokens: int) -> str:
         sentence = " ".join(rng.choices(_WORDS, k=rng.randint(5, 14))).capitalize() + "."
         parts.append(sentence)
         size += len(sentence) + 1
-    return " ".join(parts)[:target]
+    return " ".join(parts)
 
 
 def _json_content(rng: random.Random, tokens: int) -> str:
     points = [_sentences(rng, 12) for _ in range(max(1, tokens // 16))]
     payload = {"answer": _sentences(rng, 10), "confidence": rng.randint(50, 99) / 100}
     return orjson.dumps({**payload, "points": points}).decode()
-
-
-def _chosen_tool(request: ChatRequest) -> Tool:
-    if request.forced_tool is None:
-        return request.tools[0]
-    return next(t for t in request.tools if t.name == request.forced_tool)
 
 
 def _arguments(rng: random.Random, parameters: Mapping[str, Any]) -> str:
@@ -417,23 +308,15 @@ def _arguments(rng: random.Random, parameters: Mapping[str, Any]) -> str:
 
 
 def _value(rng: random.Random, spec: object) -> object:
-    if not isinstance(spec, dict):
-        return rng.choice(_WORDS)
-    enum = spec.get("enum")
-    if isinstance(enum, list) and enum:
+    """A plausible value for one JSON-schema property."""
+    spec = spec if isinstance(spec, dict) else {}
+    if isinstance(enum := spec.get("enum"), list) and enum:
         return enum[0]
     kind = spec.get("type")
-    if kind == "integer":
+    if kind in ("integer", "number"):
         return rng.randint(1, 100)
-    if kind == "number":
-        return rng.randint(0, 10_000) / 100
-    if kind == "boolean":
-        return rng.random() < 0.5
-    if kind == "array":
-        return [rng.choice(_WORDS)]
-    if kind == "object":
-        return {}
-    return rng.choice(_WORDS).capitalize()
+    typed: dict[object, object] = {"boolean": True, "array": [], "object": {}}
+    return typed.get(kind, rng.choice(_WORDS)) if isinstance(kind, str) else rng.choice(_WORDS)
 
 
 def _digest(data: bytes) -> bytes:
@@ -491,44 +374,35 @@ def _parse_tools(raw: object) -> tuple[Tool, ...]:
     return tuple(tools)
 
 
-def _parse_tool_choice(raw: object, tools: Sequence[Tool]) -> tuple[bool, str | None]:
-    """(tools disabled, forced function name)."""
-    if raw is None or raw in ("auto", "required"):
-        return False, None
-    if raw == "none":
-        return True, None
+def _parse_tool_choice(raw: object, tools: Sequence[Tool]) -> Tool | None:
+    """The tool a call would use: the named one, else the first; None for "none" or no tools."""
+    if raw in (None, "auto", "required") or raw == "none":
+        return tools[0] if tools and raw != "none" else None
     function = raw.get("function") if isinstance(raw, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise SimError(422, "Failed to deserialize the JSON body: invalid tool_choice")
-    if name not in {t.name for t in tools}:
+    chosen = next((t for t in tools if t.name == name), None)
+    if chosen is None:
         raise SimError(400, f"Invalid tool_choice: function `{name}` is not in tools")
-    return False, name
-
-
-def _include_usage(raw: object) -> bool:
-    return isinstance(raw, dict) and raw.get("include_usage") is True
+    return chosen
 
 
 def _parse_thinking(raw: object) -> bool | None:
-    if raw is None:
-        return None
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind not in ("enabled", "disabled"):
+    kind = raw.get("type") if isinstance(raw, dict) else raw
+    if kind not in (None, "enabled", "disabled"):
         raise SimError(
             422, "Failed to deserialize the JSON body: thinking.type must be enabled or disabled"
         )
-    return kind == "enabled"
+    return None if kind is None else kind == "enabled"
 
 
 def _parse_effort(raw: object) -> Effort:
-    if raw is None:
-        return "high"
-    if not isinstance(raw, str) or raw not in EFFORTS:
+    if raw is not None and (not isinstance(raw, str) or raw not in EFFORTS):
         raise SimError(
-            400, f"Invalid reasoning_effort: {raw!r}; expected one of {', '.join(EFFORTS)}"
+            400, f"Invalid reasoning_effort {raw!r}; expected one of {', '.join(EFFORTS)}"
         )
-    return EFFORTS[raw]
+    return "high" if raw is None else EFFORTS[raw]
 
 
 def _bounded_int(raw: object, name: str, high: int) -> int | None:

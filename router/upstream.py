@@ -98,7 +98,7 @@ class LiteLLMUpstream:
         except Exception as exc:  # the one place foreign errors are translated
             raise self.translate(exc) from exc
         body: dict[str, Any] = response.model_dump(exclude_none=True)
-        return Completion(body=body, usage=Usage.from_wire(body.get("usage")))
+        return Completion(body=body, usage=Usage.from_wire(_clean_usage(body)))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         kwargs = self._kwargs(call)
@@ -113,7 +113,7 @@ class LiteLLMUpstream:
         try:
             async for chunk in response:
                 data: dict[str, Any] = chunk.model_dump(exclude_none=True)
-                usage = data.get("usage")
+                usage = _clean_usage(data)
                 yield Chunk(data, Usage.from_wire(usage) if usage else None)
         except Exception as exc:
             raise self.translate(exc) from exc
@@ -150,6 +150,15 @@ class LiteLLMUpstream:
         return _KEY_PATTERN.sub("[redacted]", text)
 
 
+def _clean_usage(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's usage without litellm's own `cost` (its price map, not the policy's prices)."""
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        usage.pop("cost", None)
+        return usage
+    return None
+
+
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{6,}")
 
 
@@ -159,7 +168,12 @@ def _message_of(exc: BaseException) -> str:
 
 
 def _retry_after(exc: BaseException) -> dict[str, str]:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    return {"Retry-After": str(value)} if value else {}
+    """The upstream's Retry-After: litellm keeps response headers apart from `response`."""
+    for headers in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
+        value = headers.get("retry-after") if headers else None
+        if value:
+            return {"Retry-After": str(value)}
+    return {}

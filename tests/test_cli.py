@@ -1,0 +1,64 @@
+"""The `flashpro` command as a user runs it: serve (with and without a key), route, python -m."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from router.cli import main
+from tests.conftest import flashpro_process
+
+
+def env_without_key() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DEEPSEEK_API_KEY", "DEEPSEEK_API_BASE")}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    return env
+
+
+def test_serve_without_a_key_exits_with_a_clear_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--port", "0"],
+        env=env_without_key(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "DEEPSEEK_API_KEY" in result.stderr
+    assert "--simulate" in result.stderr
+
+
+def test_serve_simulate_answers_the_openai_sdk() -> None:
+    args = ["--simulate", "--simulate-speed", "0.01"]
+    with flashpro_process(args, {"DEEPSEEK_API_KEY": ""}, ready_path="/readyz") as running:
+        client = openai.OpenAI(base_url=running.base + "/v1", api_key="anything", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Hello from the README"}]
+        )
+        assert raw.parse().choices[0].message.content
+        assert raw.headers["x-flashpro-tier"] in ("flash", "pro", "pro-max")
+        stream = client.chat.completions.create(
+            model="pro-max", messages=[{"role": "user", "content": "Think hard"}], stream=True
+        )
+        assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+        running.process.terminate()
+        output = running.process.communicate(timeout=15)[0]
+    assert "SIMULATED UPSTREAM" in output
+
+
+def test_route_command_explains_a_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "Prove that there are infinitely many primes."]) == 0
+    out = capsys.readouterr().out
+    for label in ("score", "thresholds", "tier", "rule", "reason"):
+        assert label in out
+    assert main(["route", "--model", "pro", "hi"]) == 0
+    assert "pinned:pro" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().out
