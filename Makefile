@@ -41,7 +41,15 @@ schema: setup
 	$(BIN)/flashpro policy schema --out policies/policy.schema.json
 
 classifier: setup
-	$(BIN)/flashpro train --data $(DATA)/train.jsonl --dev $(DATA)/dev.jsonl --out router/data/classifier.json
+	$(BIN)/flashpro train --data $(DATA)/train.jsonl --dev $(DATA)/dev.jsonl \
+	    --out router/data/classifier.npz --sources mmlu,gsm8k,mt_bench
+	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl
+
+# Side by side: the upstream alone, flashpro (transports, workers, two processes behind nginx),
+# LiteLLM's proxy (from a benchmark-only venv, .bench-venv); needs wrk (apt-get install wrk nginx).
+# BENCH_ARGS="--streams 200 --seconds 4" for a quicker run.
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 eval: setup
 	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl --plot bench/results/dev-curve.png

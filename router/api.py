@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from router.cache import CacheStatus
 from router.decide import Decision
 from router.errors import FlashproError, InvalidRequest, PayloadTooLarge
-from router.pipeline import Deps, complete, open_stream, route
+from router.pipeline import Deps, admit, cache_plan, complete, open_stream, route
 from router.schemas import ChatRequest
 
 api = APIRouter()
@@ -37,7 +38,9 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
@@ -77,6 +80,17 @@ def decision_headers(decision: Decision, request_id: str) -> dict[str, str]:
     }
 
 
+def cache_headers(status: CacheStatus, saved_usd: float) -> dict[str, str]:
+    """x-flashpro-cache; a hit costs nothing and reports what it saved."""
+    if status != "hit":
+        return {"x-flashpro-cache": status}
+    return {
+        "x-flashpro-cache": status,
+        "x-flashpro-cost-usd": "0",
+        "x-flashpro-cache-saved-usd": f"{saved_usd:.8f}",
+    }
+
+
 def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
@@ -86,15 +100,23 @@ async def chat_completions(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
     chat = await read_chat(request, request.app.state.settings.max_body_bytes)
-    routed = route(deps, chat, lower_headers(request))
-    headers = decision_headers(routed.decision, rid)
+    given = lower_headers(request)
+    routed = await admit(deps, chat, given, rid)
+    request.state.routed = routed  # for the failure's log line and metrics (router/app.py)
+    plan = cache_plan(deps, routed, given)
     if chat.stream:
-        opened = await open_stream(deps, routed)
+        opened = await open_stream(deps, routed, plan)
+        headers = decision_headers(opened.decision, rid)
+        headers.update(cache_headers(opened.cache, opened.saved_usd))
+        headers.update(opened.trail.headers())
         return StreamingResponse(
             sse(opened.chunks), media_type="text/event-stream", headers=headers
         )
-    answer = await complete(deps, routed)
+    answer = await complete(deps, routed, plan)
+    headers = decision_headers(answer.decision, rid)
     headers["x-flashpro-cost-usd"] = f"{answer.cost_usd:.8f}"
+    headers.update(cache_headers(answer.cache, answer.saved_usd))
+    headers.update(answer.trail.headers())
     return json_response(answer.body, headers=headers)
 
 
@@ -126,23 +148,33 @@ async def explain_route(request: Request) -> Response:
         "prompt_tokens": routed.assessment.prompt_tokens,
         "rule": decision.rule,
         "reason": decision.reason,
-        "policy_version": deps.routing.version,
+        "policy_version": routed.routing.version if routed.routing else None,
     }
     return json_response(body, headers=decision_headers(decision, rid))
 
 
 @api.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    policy = deps_of(request).routing.policy
+    policy = deps_of(request).live.policy
     created = int(request.app.state.started_at)
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": "flashpro",
-         "description": alias.description}
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "flashpro",
+            "description": alias.description,
+        }
         for name, alias in policy.aliases.items()
     ] + [
-        {"id": name, "object": "model", "created": created, "owned_by": "deepseek",
-         "description": f"{tier.model_name}, thinking {tier.thinking}"
-         + (f", effort {tier.reasoning_effort}" if tier.reasoning_effort else "")}
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "deepseek",
+            "description": f"{tier.model_name}, thinking {tier.thinking}"
+            + (f", effort {tier.reasoning_effort}" if tier.reasoning_effort else ""),
+        }
         for name, tier in policy.tiers.items()
     ]
     return json_response({"object": "list", "data": data})
@@ -158,7 +190,8 @@ async def readyz(request: Request) -> Response:
     deps = deps_of(request)
     body = {
         "status": "ready",
-        "policy_version": deps.routing.version,
+        "policy_version": deps.live.version,
+        "policy_reload_error": deps.holder.last_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
     }
     return json_response(body)

@@ -14,19 +14,26 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from router.api import api, json_response, request_id_of
+from router.cache import open_cache
 from router.classify import load_classifier
+from router.controls import open_controls
 from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
-from router.pipeline import Deps, Routing
-from router.policy import load_policy
+from router.logs import configure_access_log
+from router.monitor import monitor
+from router.observe import Observer
+from router.pipeline import Deps, Routing, observe
+from router.policy import Policy, load_policy
+from router.ratelimit import open_rate_limiter
 from router.reasoning import ReasoningMemory
+from router.reload import hot_reload
 from router.settings import Settings
-from router.upstream import LiteLLMUpstream
+from router.transport import open_upstream
 
 log = logging.getLogger("flashpro")
 
 
 def build_deps(settings: Settings) -> Deps:
-    """The production dependencies: policy, shipped classifier, litellm upstream."""
+    """The production dependencies: policy, shipped classifier, the configured upstream."""
     policy, version = load_policy(settings.policy)
     classifier = load_classifier(settings.classifier)
     routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
@@ -34,9 +41,13 @@ def build_deps(settings: Settings) -> Deps:
     return Deps(
         routing=routing,
         classifier=classifier,
-        upstream=LiteLLMUpstream(secrets=secrets),
+        upstream=open_upstream(settings.transport, secrets),
         memory=ReasoningMemory(),
         api_base=settings.deepseek_api_base,
+        cache=open_cache(settings.redis_url, policy.cache),
+        controls=open_controls(settings.redis_url, os.environ),
+        rates=open_rate_limiter(settings.redis_url),
+        observer=Observer.for_policy(policy),
     )
 
 
@@ -48,13 +59,29 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.deps = deps or build_deps(settings)
         routing = app.state.deps.routing
-        log.info("flashpro ready: policy %s, tiers %s", routing.version, ", ".join(routing.policy.tiers))
-        yield
+        log.info(
+            "flashpro ready: policy %s, tiers %s", routing.version, ", ".join(routing.policy.tiers)
+        )
+        live: Deps = app.state.deps
+
+        def rebuild(policy: Policy, version: str) -> Routing:
+            return Routing.build(policy, version, live.classifier.threshold_for_share, os.environ)
+
+        reloading = hot_reload(live.holder, settings.policy, rebuild, settings.policy_poll_seconds)
+        async with reloading, live.observer.running():  # the decision log flushes in between
+            yield
+        await app.state.deps.cache.aclose()
+        await live.controls.aclose()
+        await live.rates.aclose()
+        close_upstream = getattr(live.upstream, "aclose", None)
+        if close_upstream is not None:  # the direct transport's connection pool
+            await close_upstream()
 
     app = FastAPI(title="flashpro", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)
+    app.include_router(monitor)
     app.add_exception_handler(FlashproError, _flashpro_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
@@ -64,10 +91,23 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fa
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (`router.app:app_from_env`), used so `--workers N` can re-create the app."""
-    return create_app(Settings())
+    settings = Settings()
+    if settings.access_log:  # in the factory: every worker process sets up its own logging
+        configure_access_log()
+    return create_app(settings)
+
+
+def _observe_failure(request: Request, status: int, code: str | None) -> None:
+    """A chat request that ended in an error still gets its metrics and its log line."""
+    deps = getattr(request.app.state, "deps", None)
+    if deps is None or not request.url.path.endswith("/chat/completions"):
+        return
+    routed = getattr(request.state, "routed", None)
+    observe(deps, routed, request_id=request_id_of(request), status=status, error=code or "error")
 
 
 async def _flashpro_error(request: Request, exc: FlashproError) -> Response:
+    _observe_failure(request, exc.status, exc.code)
     headers = {**exc.headers, "x-flashpro-request-id": request_id_of(request)}
     if exc.status >= 500:
         log.warning("request %s failed: %s", headers["x-flashpro-request-id"], exc.message)
@@ -88,4 +128,5 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     rid = request_id_of(request)
     log.exception("request %s: unexpected error", rid, exc_info=exc)
+    _observe_failure(request, 500, "internal_error")
     return json_response(internal_error_envelope(rid), 500, {"x-flashpro-request-id": rid})

@@ -81,7 +81,7 @@ class StreamAssembler:
 
 def chunks_of(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     """Replay a whole answer as stream chunks: reasoning first, then content and tool calls."""
-    base = {k: body[k] for k in ("id", "created", "model") if k in body}
+    base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model") if k in body}
     base["object"] = "chat.completion.chunk"
     out: list[dict[str, Any]] = []
 

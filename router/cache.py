@@ -27,10 +27,12 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from router.policy import CachePolicy, Policy, Tier
+from router.redis_url import parse_redis_url
 from router.schemas import ChatRequest
 
 CacheStatus = Literal["hit", "miss", "bypass"]
@@ -290,13 +292,7 @@ class RedisCache:
         cool_down_s: float = 1.0,
         log: logging.Logger | None = None,
     ) -> None:
-        self._client = redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),  # a retry would double the worst case; the next request retries
-            health_check_interval=0,
-        )
+        self._client = connect_redis(url, timeout_s)
         self._breaker = _Breaker(cool_down_s, log or logging.getLogger("flashpro.cache"))
 
     @property
@@ -316,7 +312,11 @@ class RedisCache:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         async def mget() -> list[bytes | None]:
-            return list(await self._client.mget(list(keys)))
+            if isinstance(self._client, redis.asyncio.RedisCluster):  # keys span hash slots
+                values = await self._client.mget_nonatomic(list(keys))
+            else:
+                values = await self._client.mget(list(keys))
+            return [value.encode() if isinstance(value, str) else value for value in values]
 
         return await self._guard(mget, [None] * len(keys))
 
@@ -335,7 +335,7 @@ class RedisCache:
 
     async def unlock(self, key: str, token: str) -> None:
         async def unlock() -> None:
-            await self._client.eval(_UNLOCK, 1, key + ":lock", token)  # type: ignore[misc]
+            await self._client.eval(_UNLOCK, 1, key + ":lock", token)
 
         await self._guard(unlock, None)
 
@@ -437,6 +437,48 @@ async def _follow(flight: _Flight, deadline: float) -> Entry | None:
     except TimeoutError:
         return None
     return flight.entry
+
+
+def connect_redis(url: str, timeout_s: float) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """A client for REDIS_URL: one server, a Sentinel-watched master, or a Cluster (see
+    router/redis_url.py). No retries: a retry would double the worst case; the next request
+    retries."""
+    target = parse_redis_url(url)
+    retry = Retry(NoBackoff(), 0)
+    if target.kind == "single":
+        return redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+            health_check_interval=0,
+        )
+    if target.kind == "cluster":
+        return redis.asyncio.RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+        )
+    timeouts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinels = redis.asyncio.Sentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts),
+        sentinel_kwargs={"password": target.sentinel_password, **timeouts},
+        **timeouts,
+    )
+    master: redis.asyncio.Redis = sentinels.master_for(
+        target.service or "",
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        retry=retry,
+        **timeouts,
+    )
+    return master
 
 
 def open_cache(redis_url: str | None, rules: CachePolicy) -> ResponseCache:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from router.policy import PolicyError, Policy, json_schema, load_policy
+from router.policy import Policy, PolicyError, json_schema, load_policy
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -68,8 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     schema = policy_commands.add_parser("schema", help="print the policy JSON Schema")
     schema.add_argument("--out", type=Path)
     schema.set_defaults(handler=run_policy_schema)
+    replay = policy_commands.add_parser(
+        "simulate", help="estimate share, cost, quality and latency over a labelled data set"
+    )
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--data", type=Path, required=True, help="JSONL: prompt, *_correct")
+    replay.add_argument("--alias", default="auto", help="the alias to route the prompts as")
+    replay.add_argument("--json", action="store_true", help="machine-readable output")
+    replay.set_defaults(handler=run_policy_simulate)
+    describe = policy_commands.add_parser("explain", help="print the policy as decision tables")
+    describe.add_argument("file", type=Path)
+    describe.set_defaults(handler=run_policy_explain)
 
     _add_model_commands(commands)
+    stats = commands.add_parser("stats", help="summarise a running flashpro's traffic")
+    from router.stats import add_stats_arguments, run_stats
+
+    add_stats_arguments(stats)
+    stats.set_defaults(handler=run_stats)
     return parser
 
 
@@ -122,6 +138,42 @@ def run_policy_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_policy_simulate(args: argparse.Namespace) -> int:
+    from router.classify import load_classifier
+    from router.decide import resolve_thresholds
+    from router.simulate import as_json, load_rows, render, simulate
+
+    policy = _load_or_report(args.file)
+    if policy is None:
+        return 1
+    if args.alias not in policy.aliases:
+        print(f"flashpro: no alias '{args.alias}' in {args.file}", file=sys.stderr)
+        return 2
+    classifier = load_classifier(None)
+    thresholds = resolve_thresholds(policy, classifier.threshold_for_share)
+    outcomes = simulate(policy, thresholds, classifier, load_rows(args.data), args.alias)
+    if args.json:
+        print(as_json(outcomes))
+    else:
+        render(outcomes, list(policy.tiers))
+    return 0
+
+
+def run_policy_explain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from router.classify import load_classifier
+    from router.decide import resolve_thresholds
+    from router.explain import explain
+
+    policy = _load_or_report(args.file)
+    if policy is None:
+        return 1
+    thresholds = resolve_thresholds(policy, load_classifier(None).threshold_for_share)
+    explain(policy, thresholds, Console())
+    return 0
+
+
 def run_route(args: argparse.Namespace) -> int:
     from router.classify import load_classifier
     from router.decide import decide
@@ -163,6 +215,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from router.settings import Settings
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -183,15 +237,19 @@ def run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    uvicorn.run(
-        "router.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-    )
+    from router.metrics import multiprocess_dir
+
+    with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
+        uvicorn.run(
+            "router.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=Settings().shutdown_grace_s,
+        )
     return 0
 
 

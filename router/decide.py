@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from router.classify import Assessment
+from router.constrain import NO_STATE, RoutingState, constrain, routed_model
 from router.errors import ModelNotFound
 from router.policy import Condition, Policy, Rule
 
@@ -64,7 +65,9 @@ def resolve_thresholds(
         if alias.thresholds is not None:
             table = dict(alias.thresholds)
         else:
-            table = {tier: threshold_for_share(share) for tier, share in (alias.shares or {}).items()}
+            table = {
+                tier: threshold_for_share(share) for tier, share in (alias.shares or {}).items()
+            }
         steps = tuple(sorted(table.items(), key=lambda item: policy.rank(item[0])))
         resolved[name] = Thresholds(alias.default_tier, steps)
     return resolved
@@ -96,8 +99,7 @@ def matches(condition: Condition, facts: RequestFacts, assessment: Assessment) -
         condition.min_score is None or assessment.score >= condition.min_score,
         condition.max_score is None or assessment.score < condition.max_score,
         condition.reasoning is None or condition.reasoning == assessment.reasoning,
-        condition.header is None
-        or all(facts.header(k) == v for k, v in condition.header.items()),
+        condition.header is None or all(facts.header(k) == v for k, v in condition.header.items()),
     )
     return all(checks)
 
@@ -107,13 +109,27 @@ def decide(
     thresholds: Mapping[str, Thresholds],
     facts: RequestFacts,
     assessment: Assessment,
+    state: RoutingState = NO_STATE,
 ) -> Decision:
     """Pick the tier for one request. Pinned models go to their tier; aliases are routed.
 
     The score picks a tier through the alias's thresholds; then the first matching rule that
     changes the outcome wins: a `tier` rule always does, a bound only when it moves the tier.
+    Last, live limits in `state` (budgets, latency, share cap, caller group) bend it.
     """
-    alias, pinned = target_of(policy, facts.model)
+    model = routed_model(policy, facts.model, state)
+    decision = _by_rules(policy, thresholds, facts, assessment, model)
+    return constrain(policy, thresholds, decision, state)
+
+
+def _by_rules(
+    policy: Policy,
+    thresholds: Mapping[str, Thresholds],
+    facts: RequestFacts,
+    assessment: Assessment,
+    model: str,
+) -> Decision:
+    alias, pinned = target_of(policy, model)
     if pinned is not None:
         return _decision(policy, None, pinned, assessment, f"pinned:{pinned}", "model pinned")
     assert alias is not None

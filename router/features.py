@@ -31,21 +31,37 @@ HISTORY_CHARS = 400
 TOOLS_CHARS = 1000
 SIGNAL_CHARS = 2000  # window for the regex-counted dense features
 
-_DIGITS = b"0123456789"
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_TOKEN = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
-_CODE = re.compile(
-    r"```|\bdef |\bclass |\bimport |\breturn\b|\bfunction\b|=>|[{};]\s*$|#include|\bSELECT\b",
-    re.MULTILINE,
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+# Tokens of lower-cased, digit-zeroed UTF-8: words, numbers (as runs of 0), short runs of
+# non-ASCII bytes (so CJK text still yields tokens), single punctuation marks.
+_TOKEN = re.compile(rb"[a-z]+|0+|[\x80-\xff]{1,6}|[^\sa-z0\x80-\xff]")
+_NUMBER = re.compile(rb"0+(?:[.,]0+)?")
+_CHOICE = re.compile(rb"^[ \t]*\(?[A-Ha-h][.)]\s", re.MULTILINE)
+_MATH_BYTES = b"=^<>+*/\\$"
+_CODE_WORDS = frozenset((b"def", b"class", b"import", b"return", b"function", b"include", b"const"))
+_PROOF_WORDS = frozenset(
+    w.encode()
+    for w in [
+        "prove",
+        "proof",
+        "derive",
+        "theorem",
+        "lemma",
+        "integral",
+        "derivative",
+        "equation",
+        "algorithm",
+        "complexity",
+        "optimize",
+        "optimise",
+        "optimization",
+        "implement",
+        "debug",
+        "refactor",
+    ]
 )
-_MATH = re.compile(r"\\frac|\\sum|\\int|\$[^$\n]+\$|\^|\\sqrt|sqrt|[=<>≤≥∑∫√π±×÷]|\d\s*[+*/-]\s*\d")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_CHOICE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s", re.MULTILINE)
-_PROOF = re.compile(
-    r"\b(prove|proof|derive|theorem|lemma|integral|derivative|equation|algorithm|complexity|"
-    r"optimi[sz]e|implement|debug|refactor)\b",
-    re.IGNORECASE,
-)
+_MAX_TOOLS = 64
 
 DENSE_NAMES: tuple[str, ...] = (
     "bias_one",
@@ -80,6 +96,7 @@ class Features:
     code_marks: int
     math_marks: int
     proof_words: int
+    numbers: int
     prompt_chars: int
 
 
@@ -110,18 +127,21 @@ def message_chars(message: Message) -> int:
     return sum(len(part.text) for part in content if part.text)
 
 
-def _hash_words(text: str, namespace: str, buckets: set[int], bigrams: bool) -> None:
-    """Add the buckets of `text`'s words (and their bigrams) to `buckets`."""
+def _tokens(text: str) -> list[bytes]:
+    return _TOKEN.findall(text.lower().encode("utf-8", "ignore").translate(_ZERO_DIGITS))
+
+
+def _hash_tokens(tokens: list[bytes], namespace: bytes, buckets: set[int], bigrams: bool) -> None:
+    """Add the buckets of the tokens (and of their bigrams) to `buckets`."""
+    seed = zlib.crc32(namespace)
+    add = buckets.add
+    crc32 = zlib.crc32
     prev = 0
-    seed = zlib.crc32(namespace.encode())
-    tokens = _TOKEN.findall(text.lower())
     for token in tokens:
-        if token[0].isdigit():
-            token = "0" * min(len(token), 4)
-        h = zlib.crc32(token.encode(), seed)
-        buckets.add(h & _MASK)
+        h = crc32(token, seed)
+        add(h & _MASK)
         if bigrams and prev:
-            buckets.add(((prev * 0x9E3779B1) ^ h) & _MASK)
+            add(((prev * 0x9E3779B1) ^ h) & _MASK)
         prev = h
 
 
@@ -138,30 +158,34 @@ def extract(request: ChatRequest) -> Features:
     last = _last_user_index(messages)
     user = bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)
     buckets: set[int] = set()
-    _hash_words(user, "u", buckets, bigrams=True)
+    tokens = _tokens(user)
+    _hash_tokens(tokens, b"u", buckets, bigrams=True)
 
     system_chars = 0
     history = messages[max(0, last - HISTORY_TURNS) : last]
     for message in messages[:last]:
         if message.role in ("system", "developer"):
             system_chars += message_chars(message)
-            _hash_words(bounded_text(message, 0, SYSTEM_CHARS), "s", buckets, bigrams=False)
+            _hash_tokens(_tokens(bounded_text(message, 0, SYSTEM_CHARS)), b"s", buckets, False)
     for message in history:
         if message.role not in ("system", "developer"):
-            _hash_words(bounded_text(message, 0, HISTORY_CHARS), "h", buckets, bigrams=False)
+            _hash_tokens(_tokens(bounded_text(message, 0, HISTORY_CHARS)), b"h", buckets, False)
     n_tools = len(request.tools or ())
     if n_tools:
-        names = " ".join(str(tool.get("function", tool))[:200] for tool in request.tools or ())
-        _hash_words(names[:TOOLS_CHARS], "t", buckets, bigrams=False)
+        tools = (request.tools or [])[:_MAX_TOOLS]
+        names = " ".join(str(tool.get("function", tool))[:200] for tool in tools)
+        _hash_tokens(_tokens(names[:TOOLS_CHARS]), b"t", buckets, bigrams=False)
 
-    signal = user[:SIGNAL_CHARS]
+    raw = user[:SIGNAL_CHARS].encode("utf-8", "ignore")
+    window = max(len(raw), 1)
+    zeroed = raw.translate(_ZERO_DIGITS)
     user_chars = message_chars(messages[last])
     total_chars = sum(message_chars(m) for m in messages)
-    code = len(_CODE.findall(signal))
-    maths = len(_MATH.findall(signal))
-    proof = len(_PROOF.findall(signal))
-    raw = signal.encode("utf-8", "ignore")
-    window = max(len(raw), 1)
+    distinct = set(tokens)
+    code = 3 * raw.count(b"```") + len(distinct & _CODE_WORDS) + raw.count(b";") // 2
+    maths = len(raw) - len(raw.translate(None, _MATH_BYTES))
+    proof = len(distinct & _PROOF_WORDS)
+    numbers = len(_NUMBER.findall(zeroed))
     dense = (
         1.0,
         math.log1p(user_chars) / 8.0,
@@ -172,13 +196,13 @@ def extract(request: ChatRequest) -> Features:
         1.0 if request.wants_json() else 0.0,
         math.log1p(code),
         math.log1p(maths),
-        math.log1p(len(_NUMBER.findall(signal))),
-        math.log1p(len(_CHOICE.findall(signal))),
-        1.0 if user.rstrip().endswith("Answer:") else 0.0,
-        math.log1p(signal.count("?")),
+        math.log1p(numbers),
+        math.log1p(len(_CHOICE.findall(raw))),
+        1.0 if raw.rstrip().endswith(b"Answer:") else 0.0,
+        math.log1p(raw.count(b"?")),
         math.log1p(proof),
-        math.log1p(signal.count("\n")),
-        (len(raw) - len(raw.translate(None, _DIGITS))) / window,
+        math.log1p(raw.count(b"\n")),
+        zeroed.count(b"0") / window,
         (len(raw) - len(raw.translate(None, _UPPER))) / window,
     )
     norm = 1.0 / math.sqrt(max(len(buckets), 1))
@@ -186,4 +210,4 @@ def extract(request: ChatRequest) -> Features:
     values = [norm] * len(indices)
     indices.extend(range(HASH_BUCKETS, HASH_BUCKETS + N_DENSE))
     values.extend(dense)
-    return Features(indices, values, dense, code, maths, proof, total_chars)
+    return Features(indices, values, dense, code, maths, proof, numbers, total_chars)

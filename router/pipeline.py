@@ -1,20 +1,34 @@
-"""The one place the order lives: classify -> decide -> call the upstream -> price the answer."""
+"""The one place the order lives: classify -> decide -> cache lookup -> (coalesce) -> upstream call
+-> store -> respond. Does I/O through the injected cache and upstream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
 
-from router.assemble import StreamAssembler
+from router.assemble import StreamAssembler, chunks_of
+from router.auth import authorize
+from router.cache import BYPASS, CachePlan, CacheStatus, Entry, ResponseCache, is_complete, plan_for
 from router.classify import Assessment, Classifier
+from router.constrain import NO_STATE, RoutingState
+from router.controls import Caller, Controls, caller_of
 from router.cost import Usage, cost_usd
 from router.decide import Decision, RequestFacts, Thresholds, decide, resolve_thresholds
 from router.errors import UpstreamError
+from router.observe import Observer, record_of
 from router.policy import Policy
+from router.ratelimit import RateLimiter, check_shape, limits_for
 from router.reasoning import ReasoningMemory
+from router.reload import RoutingHolder
+from router.resilience import NO_TRAIL, Resilience, Trail
 from router.schemas import ChatRequest
-from router.upstream import Chunk, Upstream, UpstreamCall
+from router.upstream import Chunk, Completion, Upstream, UpstreamCall
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,22 +61,47 @@ class Deps:
     upstream: Upstream
     memory: ReasoningMemory
     api_base: str | None  # default upstream base URL for tiers that give none
+    cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
+    controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
+    rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
+    resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
+    observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
+
+    def __post_init__(self) -> None:
+        if self.holder is None:  # hot reload swaps the holder's routing, never `routing`
+            object.__setattr__(self, "holder", RoutingHolder(self.routing))
+
+    @property
+    def live(self) -> Routing:
+        """The routing new requests use (the latest valid policy)."""
+        return self.holder.current
 
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """A request with its routing decision."""
+    """A request with its routing decision (and the routing that made it, kept for the call)."""
 
     request: ChatRequest
     assessment: Assessment
     decision: Decision
+    routing: Routing | None = None
+    caller: Caller = field(default_factory=Caller)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    request_id: str = ""
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
+    """A whole answer; on a cache hit `decision` names the tier that produced it."""
+
     body: dict[str, Any]
     decision: Decision
     cost_usd: float
+    cache: CacheStatus = "bypass"
+    saved_usd: float = 0.0  # on a hit: what the answer cost when it was produced
+    trail: Trail = NO_TRAIL  # upstream attempts and fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +110,9 @@ class StreamAnswer:
 
     decision: Decision
     chunks: AsyncIterator[dict[str, Any]]
+    cache: CacheStatus = "bypass"
+    saved_usd: float = 0.0
+    trail: Trail = NO_TRAIL
 
 
 def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
@@ -84,17 +126,64 @@ def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: in
     )
 
 
-def route(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> Routed:
+def route(
+    deps: Deps,
+    request: ChatRequest,
+    headers: Mapping[str, str],
+    state: RoutingState = NO_STATE,
+    routing: Routing | None = None,
+) -> Routed:
     """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
     assessment = deps.classifier.assess(request)
     facts = facts_of(request, headers, assessment.prompt_tokens)
-    routing = deps.routing
-    decision = decide(routing.policy, routing.thresholds, facts, assessment)
-    return Routed(request, assessment, decision)
+    routing = routing or deps.live
+    decision = decide(routing.policy, routing.thresholds, facts, assessment, state)
+    return Routed(request, assessment, decision, routing)
+
+
+async def admit(
+    deps: Deps, request: ChatRequest, headers: Mapping[str, str], request_id: str = ""
+) -> Routed:
+    """Route under the live limits (budgets, share cap, latency, caller group), then count the
+    request toward the share window."""
+    routing = deps.live
+    caller = caller_of(routing.policy, request, headers, deps.controls.environ)
+    await guard(deps, routing.policy, caller, request)
+    state = await deps.controls.state_for(routing.policy, caller)
+    if state.spent:
+        deps.observer.metrics.budget_remaining(state.spent)
+    routed = replace(
+        route(deps, request, headers, state, routing),
+        caller=caller,
+        headers=headers,
+        request_id=request_id,
+    )
+    await deps.controls.admitted(routing.policy, caller, routed.decision)
+    return routed
+
+
+async def guard(deps: Deps, policy: Policy, caller: Caller, request: ChatRequest) -> None:
+    """Authenticate the caller (401), then hold the request to its caps (400) and its key's
+    per-minute rates (429); see router/auth.py and router/ratelimit.py."""
+    authorize(policy, caller)
+    limits = limits_for(policy, caller.group)
+    check_shape(limits, request)
+    await deps.rates.admit(limits, caller.key)
+
+
+def _routing(deps: Deps, routed: Routed) -> Routing:
+    return routed.routing or deps.live
+
+
+def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CachePlan:
+    """Which cache entries may answer the routed request, and whether to store its answer."""
+    policy = _routing(deps, routed).policy
+    return plan_for(policy, routed.request, routed.decision.tier, headers)
 
 
 def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
-    tier = deps.routing.policy.tiers[routed.decision.tier]
+    routing = _routing(deps, routed)
+    tier = routing.policy.tiers[routed.decision.tier]
     messages = deps.memory.restore(routed.request.messages)
     return UpstreamCall(
         model=tier.model,
@@ -103,34 +192,187 @@ def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
         thinking=tier.thinking,
         reasoning_effort=tier.reasoning_effort,
         api_base=tier.api_base or deps.api_base,
-        api_key=deps.routing.keys.get(tier.api_key_env),
+        api_key=routing.keys.get(tier.api_key_env),
         timeout_s=tier.timeout_s,
     )
 
 
-def price(deps: Deps, decision: Decision, usage: Usage) -> float:
-    return cost_usd(usage, deps.routing.policy.tiers[decision.tier].prices)
+def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
+    """What an answer cost, off-peak discount included."""
+    policy = (routing or deps.live).policy
+    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
+    return cost_usd(usage, policy.tiers[decision.tier].prices) * factor
 
 
-async def complete(deps: Deps, routed: Routed) -> Answer:
-    completion = await deps.upstream.complete(upstream_call(deps, routed))
+async def _answered(
+    deps: Deps,
+    routed: Routed,
+    usage: Usage,
+    cost: float,
+    started: float,
+    first_at: float | None,
+    cache: CacheStatus = "bypass",
+) -> None:
+    """Record the spend and the observed latency once an answer is complete."""
+    observe(deps, routed, cache=cache, usage=usage, cost=cost, timing=(started, first_at))
+    now = time.monotonic()
+    ttft_ms = (first_at - started) * 1000 if first_at is not None else None
+    policy = _routing(deps, routed).policy
+    total_ms = (now - started) * 1000
+    await deps.controls.answered(
+        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms
+    )
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
+
+
+async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answer:
+    """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
+    if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
+        return _cached(deps, routed, entry)
+    if not plan.coalesce:
+        return await _call(deps, routed, plan)
+    async with deps.cache.turn(plan) as entry:
+        if entry is not None:
+            return _cached(deps, routed, entry)
+        return await _call(deps, routed, plan)
+
+
+async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
+    started = time.monotonic()
+
+    async def call(attempt: Routed) -> Completion:
+        return await deps.upstream.complete(upstream_call(deps, attempt))
+
+    completion, routed, trail = await resilient(deps, routed, call)
     deps.memory.remember(completion.body)
-    return Answer(completion.body, routed.decision, price(deps, routed.decision, completion.usage))
+    cost = price(deps, routed.decision, completion.usage, routed.routing)
+    await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
+    await _store(
+        deps, _replanned(deps, routed, plan, trail), routed.decision, completion.body, cost
+    )
+    return Answer(completion.body, routed.decision, cost, plan.status, trail=trail)
 
 
-async def open_stream(deps: Deps, routed: Routed) -> StreamAnswer:
-    """Open the upstream stream and wait for its first chunk, so failures surface as a status."""
+async def resilient(
+    deps: Deps, routed: Routed, call: Callable[[Routed], Awaitable[T]]
+) -> tuple[T, Routed, Trail]:
+    """The upstream call under the policy's retries, fallbacks and circuit breakers; returns
+    the request as re-routed to the tier that answered (router/resilience.py)."""
+
+    async def attempt(decision: Decision) -> T:
+        return await call(replace(routed, decision=decision))
+
+    policy = _routing(deps, routed).policy
+    value, decision, trail = await deps.resilience.call(
+        policy, routed.decision, attempt, routed.caller.group
+    )
+    return value, replace(routed, decision=decision), trail
+
+
+def _replanned(deps: Deps, routed: Routed, plan: CachePlan, trail: Trail) -> CachePlan:
+    """The plan for storing an answer: under the tier that produced it (a fallback tier's
+    answer must not serve requests routed to the stronger tier that failed)."""
+    if trail.fallback is None or not plan.write:
+        return plan
+    return cache_plan(deps, routed, routed.headers)
+
+
+async def _store(
+    deps: Deps, plan: CachePlan, decision: Decision, body: dict[str, Any], cost: float
+) -> None:
+    """Keep an answer that finished normally, if the plan writes."""
+    if plan.write and is_complete(body):
+        await deps.cache.store(plan, Entry(body, decision.tier, decision.model, cost))
+
+
+def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
+    decision = _produced_by(routed.decision, entry)
+    _observe_hit(deps, routed, entry, decision)
+    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+
+
+def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
+    usage = Usage.from_wire(entry.body.get("usage"))  # what the hit saved, at baseline prices
+    observe(deps, routed, cache="hit", usage=usage, decision=decision)
+
+
+def observe(
+    deps: Deps,
+    routed: Routed | None,
+    *,
+    request_id: str = "",
+    status: int = 200,
+    error: str | None = None,
+    cache: CacheStatus = "bypass",
+    usage: Usage | None = None,
+    cost: float = 0.0,
+    timing: tuple[float, float | None] | None = None,
+    decision: Decision | None = None,
+) -> None:
+    """The one observation hook: a finished (or failed) chat request, as one record, to the
+    metrics, the access log, the dashboard and the decision log (router/observe.py)."""
+    policy = _routing(deps, routed).policy if routed is not None else deps.live.policy
+    record = record_of(
+        policy,
+        routed,
+        request_id=request_id,
+        status=status,
+        error=error,
+        cache=cache,
+        usage=usage or Usage(),
+        cost=cost,
+        timing=timing,
+        decision=decision,
+    )
+    deps.observer.request_done(record)
+
+
+def _produced_by(decision: Decision, entry: Entry) -> Decision:
+    """The decision as the headers report it: with the tier and model that produced the answer."""
+    if entry.tier == decision.tier:
+        return decision
+    reason = f"{decision.reason}; cached answer from {entry.tier}"
+    return replace(decision, tier=entry.tier, model=entry.model, reason=reason)
+
+
+async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> StreamAnswer:
+    """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
+    failures surface as a status). Streams are not coalesced: see router/cache.py."""
+    if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
+        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        decision = _produced_by(routed.decision, entry)
+        _observe_hit(deps, routed, entry, decision)
+        return StreamAnswer(decision, replay, "hit", entry.cost_usd)
+    started = time.monotonic()
+    (first, chunks), routed, trail = await resilient(deps, routed, partial(_first_chunk, deps))
+    store_plan = _replanned(deps, routed, plan, trail)
+    relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()))
+    return StreamAnswer(routed.decision, relay, plan.status, trail=trail)
+
+
+async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator[Chunk]]:
+    """Open the upstream stream and wait for its first chunk, so failures surface here."""
     chunks = await deps.upstream.stream(upstream_call(deps, routed))
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
         raise UpstreamError("The upstream ended the stream before sending anything.") from None
-    relay = _relay(deps, routed, first, chunks)
-    return StreamAnswer(routed.decision, relay)
+    return first, chunks
+
+
+async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for chunk in chunks:
+        yield chunk
 
 
 async def _relay(
-    deps: Deps, routed: Routed, first: Chunk, rest: AsyncIterator[Chunk]
+    deps: Deps,
+    routed: Routed,
+    plan: CachePlan,
+    first: Chunk,
+    rest: AsyncIterator[Chunk],
+    timing: tuple[float, float] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Relay chunks (usage only if the client asked), assembling the answer as it goes."""
     include_usage = routed.request.include_usage()
@@ -147,8 +389,14 @@ async def _relay(
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
-    if assembler.finished:
-        deps.memory.remember(assembler.body())
+    if assembler.finished:  # not after a client disconnect or an upstream drop
+        body = assembler.body()
+        deps.memory.remember(body)
+        usage = Usage.from_wire(body.get("usage"))
+        cost = price(deps, routed.decision, usage, routed.routing)
+        started, first_at = timing or (time.monotonic(), None)
+        await _answered(deps, routed, usage, cost, started, first_at, plan.status)
+        await _store(deps, plan, routed.decision, body, cost)
 
 
 def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:

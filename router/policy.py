@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router.limits import Limits, limit_problems
+
 Thinking = Literal["enabled", "disabled"]
 Effort = Literal["low", "high", "max"]
 
@@ -50,6 +52,12 @@ class Tier(_Strict):
         default="DEEPSEEK_API_KEY", description="Name of the env var holding the upstream key."
     )
     timeout_s: float = Field(default=600.0, gt=0, description="Upstream call timeout, seconds.")
+    expected_output_tokens: int = Field(
+        default=400, ge=0, description="Answer tokens assumed when a request gives no max_tokens."
+    )
+    expected_reasoning_tokens: int = Field(
+        default=0, ge=0, description="Reasoning tokens a thinking tier spends before answering."
+    )
 
     @model_validator(mode="after")
     def _effort_needs_thinking(self) -> Tier:
@@ -131,6 +139,11 @@ class Alias(_Strict):
         description="Tier -> share of traffic at or above it; thresholds come from the "
         "classifier's calibration set.",
     )
+    max_latency_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tiers whose expected latency would exceed this are not chosen.",
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> Alias:
@@ -186,14 +199,52 @@ class CachePolicy(_Strict):
         return self
 
 
-class Policy(_Strict):
-    """A whole routing policy document."""
+class DecisionLogPolicy(_Strict):
+    """Where routing decisions (and the feedback joined to them) are kept for retraining."""
+
+    path: str = Field(
+        min_length=1, description="JSON Lines file appended to (every process may share one)."
+    )
+    include_request: bool = Field(
+        default=True,
+        description="Keep the request body (messages, tools, response_format): `flashpro train` "
+        "needs it to recompute features. False keeps only the score and the outcome.",
+    )
+    flush_seconds: float = Field(
+        default=2.0, gt=0, description="Decisions are buffered and written this often."
+    )
+
+
+class Observability(_Strict):
+    """What flashpro reports about the traffic it routes: metrics labels, logs, decision log."""
+
+    tenant_labels: bool = Field(
+        default=False,
+        description="Label request metrics with the caller's group (never a key).",
+    )
+    log_prompts: bool = Field(
+        default=False, description="Put the prompt messages in the access log lines."
+    )
+    savings_baseline_tier: str = Field(
+        default="pro",
+        description="Savings are reported against serving every request from this tier.",
+    )
+    decision_log: DecisionLogPolicy | None = Field(
+        default=None, description="Keep decisions and feedback for `flashpro train`."
+    )
+
+
+class Policy(Limits):
+    """A whole routing policy document (budgets, share cap, groups... come from `Limits`)."""
 
     version: Literal[1] = Field(description="Policy schema version.")
     tiers: dict[str, Tier] = Field(min_length=1, description="Tiers, cheapest first.")
     aliases: dict[str, Alias] = Field(min_length=1, description="Model names that are routed.")
     rules: list[Rule] = Field(default_factory=list, description="Ordered; first match wins.")
     cache: CachePolicy = Field(default_factory=CachePolicy, description="The response cache.")
+    observability: Observability = Field(
+        default_factory=Observability, description="Metrics labels, logs and the decision log."
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Policy:
@@ -248,6 +299,7 @@ def _cross_reference_problems(policy: Policy) -> list[str]:
         lo, hi = rule.then.min_tier, rule.then.max_tier
         if lo in policy.tiers and hi in policy.tiers and tiers.index(lo) > tiers.index(hi):
             problems.append(f"rules[{i}].then: min_tier '{lo}' is above max_tier '{hi}'")
+    problems.extend(limit_problems(policy, tiers, list(policy.aliases)))
     return problems
 
 

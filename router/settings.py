@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,7 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLASHPRO_", extra="ignore", frozen=True)
 
     policy: Path | None = Field(default=None, description="Policy YAML; None = embedded default.")
-    classifier: Path | None = Field(default=None, description="Classifier artifact; None = shipped.")
+    classifier: Path | None = Field(
+        default=None, description="Classifier artifact; None = shipped."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
@@ -29,4 +32,20 @@ class Settings(BaseSettings):
     )
     simulated: bool = Field(default=False, description="The upstream is the simulator.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    policy_poll_seconds: float = Field(
+        default=1.0, ge=0, description="How often the policy file is checked for edits; 0 = never."
+    )
     log_level: str = "info"
+    access_log: bool = Field(
+        default=True, description="One JSON line per chat request on stdout (flashpro.access)."
+    )
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests and streams may take to finish.",
+    )
+    transport: Literal["direct", "litellm"] = Field(
+        default="direct",
+        description="How deepseek/ models are called: flashpro's own HTTP client (direct) or "
+        "litellm; other providers always go through litellm. See router/transport.py.",
+    )

@@ -191,47 +191,46 @@ class SimulatorApp:
         thinking = profile.thinking_by_default if request.thinking is None else request.thinking
         if thinking:
             check_reasoning_passed_back(request.messages)
-        prompt_tokens = request.prompt_tokens()
+        prefixes = request.prefixes()
+        prompt_tokens = prefixes[-1][1]
         check_context(request, prompt_tokens, profile.max_context_tokens)
         choices = generate_choices(
             request, thinking=thinking, max_output_tokens=self.config.max_output_tokens
         )
-        usage = usage_json(prompt_tokens, self._prefix_cache_hit(request, choices[0]), choices)
+        usage = usage_json(prompt_tokens, self._prefix_cache_hit(prefixes, choices[0]), choices)
         scale = self.config.speed * (fault.slow or 1.0)
-        pace = _Pace(profile.ttft_ms / 1000 * scale, scale / profile.tokens_per_s)
+        ttft_s, per_token_s = profile.ttft_ms / 1000 * scale, scale / profile.tokens_per_s
         self._count(request.model, "200" if fault.disconnect_after is None else "disconnect")
         if request.stream:
             chunk_tokens = max(1, round(profile.tokens_per_s * _CHUNK_SECONDS))
             events = stream_events(request, choices, usage, chunk_tokens)
-            await _stream(events, pace, fault.disconnect_after, receive, send)
+            await _stream(events, ttft_s, per_token_s, fault.disconnect_after, receive, send)
             return
-        await asyncio.sleep(
-            pace.ttft_s + max(c.completion_tokens() for c in choices) * pace.per_token_s
-        )
+        await asyncio.sleep(ttft_s + max(c.completion_tokens() for c in choices) * per_token_s)
         body_bytes = completion_json(request, choices, usage)
         await _send_body(send, 200, body_bytes, drop=fault.disconnect_after is not None)
 
     def _fault(self, request: ChatRequest) -> FaultSpec:
         """Markers win over a queued fault; the random fault_rate applies only if no status is set."""
-        fault = request.fault.over(self._queued_fault(request.model))
+        queued = self._queued_fault(request.model)
+        fault = request.fault if queued is None else request.fault.over(queued)
         rate = self.config.fault_rate
         if fault.status is None and rate and self._rng.random() < rate:
             return replace(fault, status=self.config.fault_status)
         return fault
 
-    def _queued_fault(self, model: str) -> FaultSpec:
+    def _queued_fault(self, model: str) -> FaultSpec | None:
         for queued in self._faults:
             if queued.model is None or queued.model == model:
                 queued.remaining -= 1
                 if queued.remaining <= 0:
                     self._faults.remove(queued)
                 return queued.spec
-        return FaultSpec()
+        return None
 
-    def _prefix_cache_hit(self, request: ChatRequest, answer: Choice) -> int:
+    def _prefix_cache_hit(self, prefixes: Sequence[tuple[bytes, int]], answer: Choice) -> int:
         """Tokens of the longest cached prefix; then persist this request's prefixes and output."""
         cache = self._prefixes
-        prefixes = request.prefixes()
         hit = next((tokens for digest, tokens in reversed(prefixes) if digest in cache), 0)
         for digest in (*(d for d, _ in prefixes), output_digest(prefixes[-1][0], answer)):
             cache[digest] = None
@@ -286,15 +285,10 @@ def create_simulator_app(config: SimulatorConfig) -> SimulatorApp:
     return SimulatorApp(config)
 
 
-@dataclass(frozen=True, slots=True)
-class _Pace:
-    ttft_s: float
-    per_token_s: float
-
-
 async def _stream(
     events: Iterator[tuple[bytes, int]],
-    pace: _Pace,
+    ttft_s: float,
+    per_token_s: float,
     disconnect_after: int | None,
     receive: Receive,
     send: Send,
@@ -304,17 +298,22 @@ async def _stream(
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     client_gone = asyncio.ensure_future(receive())  # resolves on http.disconnect
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + pace.ttft_s
+    deadline = loop.time() + ttft_s
+    due: list[bytes] = []  # events already due, sent in one write (speed 0 sends one write)
     try:
         for sent, (event, tokens) in enumerate(events):
-            if sent == disconnect_after or client_gone.done():
-                return  # returning mid-body makes uvicorn drop the connection
-            deadline += tokens * pace.per_token_s
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            deadline += tokens * per_token_s
+            if sent == disconnect_after or client_gone.done() or deadline > loop.time():
+                if due:
+                    body = b"".join(due)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    due.clear()
+                if sent == disconnect_after or client_gone.done():
+                    return  # returning mid-body makes uvicorn drop the connection
+                await asyncio.sleep(deadline - loop.time())
+            due.append(event)
+        due.append(b"data: [DONE]\n\n")
+        await send({"type": "http.response.body", "body": b"".join(due)})
     finally:
         client_gone.cancel()
 

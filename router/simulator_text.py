@@ -6,6 +6,7 @@ request always gets the same answer, reasoning, tool call and token counts (ids 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -138,18 +139,14 @@ class ChatRequest:
     fingerprint: bytes  # hash of everything that shapes the answer
     fault: FaultSpec
 
-    def prompt_tokens(self) -> int:
-        return self.tools_tokens() + sum(m.tokens() for m in self.messages)
-
-    def tools_tokens(self) -> int:
-        return sum(
-            count_tokens(t.name) + count_tokens(orjson.dumps(t.parameters)) for t in self.tools
-        )
-
     def prefixes(self) -> list[tuple[bytes, int]]:
-        """(digest, tokens) of every message prefix, shortest first; digests are per model."""
-        digest = _digest(self.model.encode() + b"\0" + orjson.dumps([t.name for t in self.tools]))
-        tokens = self.tools_tokens()
+        """(digest, tokens) of every prompt prefix, shortest first; the last is the whole prompt.
+
+        Digests chain from the model id and the tools, so another model never shares a prefix.
+        """
+        tools = orjson.dumps([(t.name, t.parameters) for t in self.tools])
+        digest = _digest(self.model.encode() + b"\0" + tools)
+        tokens = count_tokens(tools) if self.tools else 0
         out = [(digest, tokens)]
         for message in self.messages:
             digest = _digest(digest + message.canonical())
@@ -157,8 +154,9 @@ class ChatRequest:
             out.append((digest, tokens))
         return out
 
-    def should_call_tool(self) -> bool:
-        return self.tool is not None and self.messages[-1].role == "user"
+    def tool_to_call(self) -> Tool | None:
+        """DeepSeek calls a tool when the user spoke last; after a tool result it answers."""
+        return self.tool if self.messages[-1].role == "user" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +255,7 @@ def _generate_choice(
         tokens = round(thought.randint(30, 180) * _REASONING_SCALE[request.effort])
         reasoning = "Let me think. " + _sentences(thought, tokens)
     content_tokens = rng.randint(min(12, max_output_tokens), max_output_tokens)
-    if (tool := request.tool) is not None and request.should_call_tool():
+    if (tool := request.tool_to_call()) is not None:
         call_id = f"call_00_{rng.getrandbits(96):024x}"
         call = ToolCall(call_id, tool.name, _arguments(rng, tool.parameters))
         return _truncated(reasoning, "", call, request.max_tokens)
@@ -283,14 +281,24 @@ def _truncated(
 
 
 def _sentences(rng: random.Random, tokens: int) -> str:
-    target = tokens * _CHARS_PER_TOKEN
+    """Whole pseudo-sentences adding up to about `tokens` tokens."""
+    target, bank = tokens * _CHARS_PER_TOKEN, _sentence_bank()
     parts: list[str] = []
     size = 0
     while size < target:
-        sentence = " ".join(rng.choices(_WORDS, k=rng.randint(5, 14))).capitalize() + "."
-        parts.append(sentence)
-        size += len(sentence) + 1
+        batch = rng.choices(bank, k=1 + (target - size) // 64)
+        parts += batch
+        size += sum(map(len, batch)) + len(batch)
     return " ".join(parts)
+
+
+@functools.cache
+def _sentence_bank() -> tuple[str, ...]:
+    """256 fixed sentences: picking whole sentences keeps generation cheap per request."""
+    rng = random.Random(0)
+    return tuple(
+        " ".join(rng.choices(_WORDS, k=rng.randint(5, 14))).capitalize() + "." for _ in range(256)
+    )
 
 
 def _json_content(rng: random.Random, tokens: int) -> str:
@@ -376,8 +384,10 @@ def _parse_tools(raw: object) -> tuple[Tool, ...]:
 
 def _parse_tool_choice(raw: object, tools: Sequence[Tool]) -> Tool | None:
     """The tool a call would use: the named one, else the first; None for "none" or no tools."""
-    if raw in (None, "auto", "required") or raw == "none":
-        return tools[0] if tools and raw != "none" else None
+    if raw == "none":
+        return None
+    if raw in (None, "auto", "required"):
+        return tools[0] if tools else None
     function = raw.get("function") if isinstance(raw, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
@@ -481,13 +491,14 @@ def stream_events(
     request: ChatRequest, choices: Sequence[Choice], usage: object, chunk_tokens: int
 ) -> Iterator[tuple[bytes, int]]:
     """(SSE event, tokens it carries) for all choices, interleaved as OpenAI does; no [DONE]."""
-    head = _head(request.model, "chat.completion.chunk")
+    # The envelope is the same for every chunk: serialise it once, splice each choice in.
+    head = orjson.dumps(_head(request.model, "chat.completion.chunk"))[:-1] + b',"choices":['
     per_choice = [_deltas(i, c, chunk_tokens * _CHARS_PER_TOKEN) for i, c in enumerate(choices)]
     for step in itertools.zip_longest(*per_choice):
         for choice, tokens in filter(None, step):
-            yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n", tokens
+            yield b"data: " + head + orjson.dumps(choice) + b"]}\n\n", tokens
     if request.include_usage:
-        yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n", 0
+        yield b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n", 0
 
 
 def usage_json(prompt_tokens: int, hit: int, choices: Sequence[Choice]) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""Call DeepSeek through litellm: the only module that talks to litellm, and its error table. I/O."""
+"""The Upstream interface, the litellm upstream (the only module that talks to litellm) and the
+error table every transport shares. I/O."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any, Protocol
 # No machine of ours needs litellm's remote price map; without this it retries a download.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import httpx  # noqa: E402
-import litellm  # noqa: E402
-import openai  # noqa: E402
+import httpx
+import litellm
+import openai
+from litellm.exceptions import ContextWindowExceededError, UnsupportedParamsError
 
-from router.cost import Usage  # noqa: E402
-from router.errors import (  # noqa: E402
+from router.cost import Usage
+from router.errors import (
     ContextTooLong,
     FlashproError,
     InvalidRequest,
@@ -119,35 +121,57 @@ class LiteLLMUpstream:
             raise self.translate(exc) from exc
 
     def translate(self, exc: BaseException) -> FlashproError:
-        """Map a litellm/openai/httpx exception to flashpro's error tree (the whole table)."""
-        message = self._scrub(_message_of(exc))
+        """Map a litellm/openai/httpx exception to flashpro's error tree."""
+        message = scrub(_message_of(exc), self.secrets)
         if isinstance(exc, FlashproError):
             return exc
-        if isinstance(exc, litellm.ContextWindowExceededError):
+        if isinstance(exc, ContextWindowExceededError):
             return ContextTooLong(f"The prompt is too long for the model: {message}")
-        if isinstance(exc, litellm.UnsupportedParamsError):
+        if isinstance(exc, UnsupportedParamsError):
             return InvalidRequest(f"Unsupported parameter: {message}")
-        if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+        if isinstance(exc, openai.APITimeoutError):
             return UpstreamTimeout("The upstream model did not answer in time.")
-        if isinstance(exc, openai.RateLimitError):
-            return UpstreamRateLimited(
-                f"The upstream is rate-limiting requests: {message}",
-                headers=_retry_after(exc),
-            )
-        if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
-            status = exc.status_code if exc.status_code in (400, 401, 403, 404, 422) else 400
-            return UpstreamRejected(f"The upstream rejected the request: {message}", status=status)
         if isinstance(exc, openai.APIStatusError):
-            return UpstreamError(f"The upstream failed (status {exc.status_code}).")
-        if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+            return error_for_status(exc.status_code, message, _retry_after(exc))
+        if isinstance(exc, openai.APIConnectionError):
             return UpstreamError("Could not reach the upstream, or it dropped the connection.")
+        if isinstance(exc, httpx.HTTPError):
+            return translate_http(exc)
         return UpstreamError("The upstream call failed.")
 
-    def _scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", text)
+
+def error_for_status(status: int, message: str, retry_after: str | None = None) -> FlashproError:
+    """The table for an upstream HTTP error status, shared by every transport."""
+    if status == 429:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return UpstreamRateLimited(
+            f"The upstream is rate-limiting requests: {message}", headers=headers
+        )
+    if status == 400 and _CONTEXT_MESSAGE in message.lower():
+        return ContextTooLong(f"The prompt is too long for the model: {message}")
+    if 400 <= status < 500:
+        mirrored = status if status in (400, 401, 403, 404, 422) else 400
+        return UpstreamRejected(f"The upstream rejected the request: {message}", status=mirrored)
+    return UpstreamError(f"The upstream failed (status {status}).")
+
+
+def transport_failure(*, timed_out: bool) -> FlashproError:
+    """Timeouts are 504s; every other transport failure (refused, dropped mid-body) a 502."""
+    if timed_out:
+        return UpstreamTimeout("The upstream model did not answer in time.")
+    return UpstreamError("Could not reach the upstream, or it dropped the connection.")
+
+
+def translate_http(exc: httpx.HTTPError) -> FlashproError:
+    return transport_failure(timed_out=isinstance(exc, httpx.TimeoutException))
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """The text without upstream keys (the configured ones and anything shaped like a key)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_PATTERN.sub("[redacted]", text)
 
 
 def _clean_usage(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -160,6 +184,7 @@ def _clean_usage(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{6,}")
+_CONTEXT_MESSAGE = "maximum context length"  # DeepSeek's (and OpenAI's) 400 wording
 
 
 def _message_of(exc: BaseException) -> str:
@@ -167,7 +192,7 @@ def _message_of(exc: BaseException) -> str:
     return text.removeprefix("litellm.").strip()[:500]
 
 
-def _retry_after(exc: BaseException) -> dict[str, str]:
+def _retry_after(exc: BaseException) -> str | None:
     """The upstream's Retry-After: litellm keeps response headers apart from `response`."""
     for headers in (
         getattr(exc, "litellm_response_headers", None),
@@ -175,5 +200,5 @@ def _retry_after(exc: BaseException) -> dict[str, str]:
     ):
         value = headers.get("retry-after") if headers else None
         if value:
-            return {"Retry-After": str(value)}
-    return {}
+            return str(value)
+    return None

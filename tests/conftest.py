@@ -20,10 +20,10 @@ import uvicorn
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from router.app import build_deps, create_app  # noqa: E402
-from router.pipeline import Deps  # noqa: E402
-from router.settings import Settings  # noqa: E402
-from router.simulator import (  # noqa: E402
+from router.app import build_deps, create_app
+from router.pipeline import Deps
+from router.settings import Settings
+from router.simulator import (
     RunningSimulator,
     SimulatorConfig,
     default_profiles,
@@ -70,8 +70,17 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed (make test installs it)")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -120,8 +129,12 @@ def serve_app(settings: Settings, deps: Deps | None = None) -> Iterator[str]:
     """Run flashpro in-process (uvicorn in a thread) and yield its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, deps), host="127.0.0.1", port=port, log_level="warning",
-        access_log=False, lifespan="on",
+        create_app(settings, deps),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

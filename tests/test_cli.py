@@ -14,7 +14,9 @@ from tests.conftest import flashpro_process
 
 
 def env_without_key() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DEEPSEEK_API_KEY", "DEEPSEEK_API_BASE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DEEPSEEK_API_KEY", "DEEPSEEK_API_BASE")
+    }
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     return env
 

@@ -64,3 +64,19 @@ def test_container_command_matches_the_tested_serve_command() -> None:
     service = compose()["services"]["flashpro"]
     assert service["command"][:2] == ["flashpro", "serve"]
     assert "--policy" in service["command"]
+
+
+def test_scale_profile_puts_replicas_behind_the_balancer() -> None:
+    services = compose()["services"]
+    replica, balancer = services["flashpro-replica"], services["balancer"]
+    assert replica["profiles"] == balancer["profiles"] == ["scale"]
+    assert "ports" not in replica  # `--scale flashpro-replica=N` needs no host port per replica
+    assert replica["environment"]["REDIS_URL"] == services["flashpro"]["environment"]["REDIS_URL"]
+    assert replica["command"] == services["flashpro"]["command"]
+    assert balancer["ports"] == ["8080:8080"]
+    assert balancer["depends_on"]["flashpro-replica"]["condition"] == "service_healthy"
+    mount = next(v for v in balancer["volumes"] if v.endswith("/etc/nginx/nginx.conf:ro"))
+    config = (ROOT / mount.split(":")[0]).read_text()
+    assert "server flashpro-replica:8000" in config
+    assert "listen 8080;" in config
+    assert "proxy_buffering off;" in config  # streams are relayed chunk by chunk

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from router.classify import Assessment
+from router.constrain import RoutingState, Spent
 from router.decide import RequestFacts, Thresholds, decide, resolve_thresholds, target_of
-from router.errors import ModelNotFound
+from router.errors import ModelNotFound, RateLimited
+from router.latency import Profile
+from router.limits import BudgetLimit
 from router.policy import Policy, parse_policy
 
 POLICY_YAML = """
@@ -73,8 +76,20 @@ CASES = [
     (RequestFacts("auto"), 0.95, False, "pro", "plain-no-max"),
     (RequestFacts("auto", headers={"x-team": "research"}), 0.0, False, "pro-max", "vip"),
     (RequestFacts("auto", headers={"x-team": "sales"}), 0.0, False, "flash", "threshold:flash"),
-    (RequestFacts("auto", headers={"x-flashpro-quality": "high"}), 0.1, False, "pro", "quality-header"),
-    (RequestFacts("auto", headers={"x-flashpro-quality": "high"}), 0.6, False, "pro", "threshold:pro>=0.5"),
+    (
+        RequestFacts("auto", headers={"x-flashpro-quality": "high"}),
+        0.1,
+        False,
+        "pro",
+        "quality-header",
+    ),
+    (
+        RequestFacts("auto", headers={"x-flashpro-quality": "high"}),
+        0.6,
+        False,
+        "pro",
+        "threshold:pro>=0.5",
+    ),
     (RequestFacts("auto", tools=True), 0.95, True, "pro", "tools-cap"),
     (RequestFacts("auto", tools=True), 0.2, True, "flash", "threshold:flash"),
     (RequestFacts("auto", json_output=True), 0.7, False, "flash", "json-cap"),
@@ -135,3 +150,123 @@ def test_shares_become_thresholds_through_the_calibration(policy: Policy) -> Non
 def test_header_names_match_case_insensitively() -> None:
     facts = RequestFacts("auto", headers={"x-team": "research"})
     assert facts.header("X-Team") == "research"
+
+
+LIMITS_YAML = (
+    POLICY_YAML.replace("  cheap: {default_tier: flash, shares: {pro: 0.1}}\n", "")
+    + """
+budgets: {on_exhausted: downgrade, total: {usd_per_day: 10}}
+share_cap: {tier: pro, max_share: 0.3, window_s: 600, margin: 0.1}
+affinity: {margin: 0.1}
+groups:
+  interns: {default_alias: fast, forbidden_tiers: [pro-max]}
+  flash-only: {allowed_tiers: [flash]}
+"""
+).replace(
+    "  auto: {default_tier: flash, thresholds: {pro: 0.5, pro-max: 0.9}}\n",
+    "  auto: {default_tier: flash, thresholds: {pro: 0.5, pro-max: 0.9}}\n"
+    "  fast: {default_tier: flash, thresholds: {pro: 0.5, pro-max: 0.9}, max_latency_ms: 12000}\n",
+)
+
+SPENT = Spent("total", BudgetLimit(usd_per_day=10), day_usd=10.0, month_usd=10.0)
+LEFT = Spent("total", BudgetLimit(usd_per_day=10), day_usd=9.99, month_usd=9.99)
+SLOW_PRO = {"pro": Profile(ttft_ms=1200, tokens_per_s=1.0)}
+
+LIMIT_CASES = [
+    # (model, score, reasoning, state, tier, rule)
+    ("auto", 0.95, True, RoutingState(spent=(LEFT,)), "pro-max", "threshold:pro-max>=0.9"),
+    ("auto", 0.95, True, RoutingState(spent=(SPENT,)), "flash", "budget:total"),
+    ("pro-max", 0.0, False, RoutingState(spent=(SPENT,)), "flash", "budget:total"),
+    ("auto", 0.1, False, RoutingState(spent=(SPENT,)), "flash", "threshold:flash"),
+    # latency: ttft + max_tokens / tokens_per_s; pro-max 2500 + 400/35 s ~ 13.9 s
+    ("auto", 0.95, True, RoutingState(max_latency_ms=12_000), "pro", "latency"),
+    (
+        "auto",
+        0.95,
+        True,
+        RoutingState(max_latency_ms=12_000, max_tokens=100),
+        "pro-max",
+        "threshold:pro-max>=0.9",
+    ),
+    ("auto", 0.95, True, RoutingState(max_latency_ms=1_000), "flash", "latency"),
+    ("pro-max", 0.0, False, RoutingState(max_latency_ms=1_000), "pro-max", "pinned:pro-max"),
+    ("fast", 0.95, True, RoutingState(), "pro", "latency"),
+    (
+        "auto",
+        0.6,
+        False,
+        RoutingState(max_latency_ms=12_000, profiles=SLOW_PRO),
+        "flash",
+        "latency",
+    ),
+    # share cap: past it, scores within 0.1 above the tier's threshold go down a tier
+    ("auto", 0.55, False, RoutingState(strong_share=0.31), "flash", "share-cap"),
+    ("auto", 0.65, False, RoutingState(strong_share=0.31), "pro", "threshold:pro>=0.5"),
+    ("auto", 0.55, False, RoutingState(strong_share=0.29), "pro", "threshold:pro>=0.5"),
+    ("auto", 0.95, True, RoutingState(strong_share=0.5), "pro", "share-cap"),
+    ("auto", 0.85, False, RoutingState(strong_share=0.5), "pro", "threshold:pro>=0.5"),
+    ("auto", 0.92, True, RoutingState(strong_share=0.5), "pro", "share-cap"),
+    # groups: a default alias for the first alias, forbidden and allowed tiers
+    ("auto", 0.95, True, RoutingState(group="interns"), "pro", "group:interns"),
+    ("auto", 0.4, False, RoutingState(group="interns"), "flash", "threshold:flash"),
+    ("auto", 0.95, True, RoutingState(group="flash-only"), "flash", "group:flash-only"),
+    ("auto", 0.95, True, RoutingState(group="nobody"), "pro-max", "threshold:pro-max>=0.9"),
+    # affinity: stay on the conversation's tier while the score is near the boundary
+    ("auto", 0.55, False, RoutingState(affinity_tier="flash"), "flash", "affinity"),
+    ("auto", 0.45, False, RoutingState(affinity_tier="pro"), "pro", "affinity"),
+    ("auto", 0.75, False, RoutingState(affinity_tier="flash"), "pro", "threshold:pro>=0.5"),
+    ("auto", 0.95, True, RoutingState(affinity_tier="pro"), "pro", "affinity"),
+]
+
+
+@pytest.fixture(scope="module")
+def limits_policy() -> Policy:
+    return parse_policy(LIMITS_YAML)
+
+
+@pytest.mark.parametrize(("model", "score", "reasoning", "state", "tier", "rule"), LIMIT_CASES)
+def test_decide_under_live_limits(
+    limits_policy: Policy,
+    model: str,
+    score: float,
+    reasoning: bool,
+    state: RoutingState,
+    tier: str,
+    rule: str,
+) -> None:
+    thresholds = resolve_thresholds(limits_policy, lambda share: 1.0 - share)
+    decision = decide(
+        limits_policy, thresholds, RequestFacts(model), Assessment(score, reasoning, 10), state
+    )
+    assert (decision.tier, decision.rule) == (tier, rule)
+    assert decision.model == limits_policy.tiers[tier].model
+
+
+def test_exhausted_budget_rejects_when_the_policy_says_so(limits_policy: Policy) -> None:
+    budgets = limits_policy.budgets
+    assert budgets is not None
+    policy = limits_policy.model_copy(
+        update={"budgets": budgets.model_copy(update={"on_exhausted": "reject"})}
+    )
+    thresholds = resolve_thresholds(policy, lambda share: 1.0 - share)
+    with pytest.raises(RateLimited) as info:
+        decide(
+            policy,
+            thresholds,
+            RequestFacts("auto"),
+            Assessment(0.1, False, 1),
+            RoutingState(spent=(SPENT,)),
+        )
+    assert info.value.status == 429
+
+
+def test_pinned_tier_forbidden_to_the_group_is_not_found(limits_policy: Policy) -> None:
+    thresholds = resolve_thresholds(limits_policy, lambda share: 1.0 - share)
+    with pytest.raises(ModelNotFound):
+        decide(
+            limits_policy,
+            thresholds,
+            RequestFacts("pro-max"),
+            Assessment(0.1, False, 1),
+            RoutingState(group="interns"),
+        )

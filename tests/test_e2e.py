@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from router.classify import FixedScoreClassifier
+from router.limits import Breaker, Retries
 from router.pipeline import Deps, Routing
 from router.policy import load_policy
 from router.reasoning import ReasoningMemory
@@ -54,8 +55,13 @@ def user(text: str) -> list[dict[str, Any]]:
 def fixed_deps(upstream_env: None) -> Iterator[Deps]:
     """Production pieces with a fixed score, so routing by score is predictable."""
     policy, version = load_policy(None)
-    timeouts = {name: tier.model_copy(update={"timeout_s": 1.0}) for name, tier in policy.tiers.items()}
-    policy = policy.model_copy(update={"tiers": timeouts})
+    timeouts = {
+        name: tier.model_copy(update={"timeout_s": 1.0}) for name, tier in policy.tiers.items()
+    }
+    # one call per request, no fallback, no breaker: these tests check how each failure maps
+    no_retries = {"retries": Retries(max_attempts=1), "fallbacks": {}}
+    no_breaker = {"breaker": Breaker(failures=1_000_000)}
+    policy = policy.model_copy(update={"tiers": timeouts, **no_retries, **no_breaker})
     classifier = FixedScoreClassifier(score=0.99, reasoning=True)
     yield Deps(
         routing=Routing.build(policy, version, classifier.threshold_for_share, os.environ),
@@ -138,7 +144,9 @@ def test_stream_relays_reasoning_first_then_content_and_usage(
     flashpro: str, sim: RunningSimulator
 ) -> None:
     with client(flashpro).chat.completions.with_streaming_response.create(
-        model="pro", messages=user("Stream please"), stream=True,
+        model="pro",
+        messages=user("Stream please"),
+        stream=True,
         stream_options={"include_usage": True},
     ) as response:
         assert response.headers["x-flashpro-tier"] == "pro"
@@ -214,8 +222,15 @@ def test_parameters_pass_through_and_transport_fields_do_not(
     # `user` reaches litellm too, which keeps it as call metadata: DeepSeek's API has no such field.
     for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "response_format"):
         assert sent[name] == body[name], name
-    for name in ("api_base", "base_url", "api_key", "custom_llm_provider", "extra_headers",
-                 "headers", "metadata"):
+    for name in (
+        "api_base",
+        "base_url",
+        "api_key",
+        "custom_llm_provider",
+        "extra_headers",
+        "headers",
+        "metadata",
+    ):
         assert name not in sent, name
     assert "x-evil" not in received.headers
     json.loads(response.json()["choices"][0]["message"]["content"])  # json_object honoured
@@ -258,8 +273,13 @@ def test_tool_call_streams(flashpro: str) -> None:
 def test_multipart_and_system_messages(flashpro: str, sim: RunningSimulator) -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Part one."},
-                                     {"type": "text", "text": "Part two."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Part one."},
+                {"type": "text", "text": "Part two."},
+            ],
+        },
     ]
     done = client(flashpro).chat.completions.create(model="flash", messages=messages)  # type: ignore[arg-type]
     assert done.choices[0].message.content

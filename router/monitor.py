@@ -1,0 +1,75 @@
+"""HTTP edge for observing the router: /metrics (Prometheus), /v1/stats (the rolling aggregates
+as JSON), /dashboard (a self-contained page drawing them) and POST /v1/feedback. I/O."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any, cast
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from router.errors import InvalidRequest
+from router.pipeline import Deps
+
+monitor = APIRouter()
+
+
+def _deps(request: Request) -> Deps:
+    return cast(Deps, request.app.state.deps)
+
+
+@monitor.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body, content_type = _deps(request).observer.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@monitor.get("/v1/stats")
+async def stats(request: Request) -> Response:
+    deps = _deps(request)
+    data = deps.observer.rolling.snapshot(time.time())
+    data["policy_version"] = deps.live.version
+    data["baseline_tier"] = deps.live.policy.observability.savings_baseline_tier
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+@monitor.get("/dashboard")
+async def dashboard() -> HTMLResponse:
+    page = resources.files("router").joinpath("data/dashboard.html").read_text("utf-8")
+    return HTMLResponse(page)
+
+
+def rating_of(body: Any) -> tuple[str, float]:
+    """(request id, quality score in [0, 1]) from `{"request_id", "good": bool}` or `"score"`."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The feedback body must be a JSON object.")
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+        raise InvalidRequest("'request_id' must be the x-flashpro-request-id of an answer.")
+    good, score = body.get("good"), body.get("score")
+    if isinstance(good, bool) and score is None:
+        return request_id, 1.0 if good else 0.0
+    number = isinstance(score, int | float) and not isinstance(score, bool)
+    if good is None and number and score is not None and 0 <= score <= 1:
+        return request_id, float(score)
+    raise InvalidRequest("Give either 'good' (true or false) or 'score' (a number in [0, 1]).")
+
+
+@monitor.post("/v1/feedback")
+async def feedback(request: Request) -> Response:
+    log = _deps(request).observer.decision_log
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    request_id, score = rating_of(body)
+    if log is None:
+        raise InvalidRequest(
+            "Feedback needs a decision log: set observability.decision_log.path in the policy."
+        )
+    log.feedback(request_id, score)
+    content = {"status": "recorded", "request_id": request_id, "score": score}
+    return Response(orjson.dumps(content), status_code=202, media_type="application/json")
