@@ -5,7 +5,7 @@ PYTHON ?= python3
 DATA ?= ../shared/data/routing
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup redis test lint typecheck check format serve classifier eval bench schema
+.PHONY: setup redis chromium test lint typecheck check format serve classifier eval bench schema soak
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,11 @@ $(VENV)/.installed: pyproject.toml
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
-test: setup redis
+# the dashboard test renders /dashboard in headless Chromium
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: setup redis chromium
 	$(BIN)/pytest -q --cov=router --cov-report=term:skip-covered
 
 lint: setup
@@ -50,6 +54,11 @@ classifier: setup
 # BENCH_ARGS="--streams 200 --seconds 4" for a quicker run.
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Mixed streaming and whole requests with injected faults against a real `flashpro serve`
+# (about 3 minutes): requests sent, answered, failed properly, lost (must be 0), and RSS.
+soak: setup redis
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 eval: setup
 	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl --plot bench/results/dev-curve.png

@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, redis_command, running
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-upstream-0123456789"
@@ -43,45 +44,6 @@ from router import simulator
 config = simulator.SimulatorConfig(simulator.default_profiles(), speed=0, api_key={KEY!r})
 simulator.serve(config, "127.0.0.1", int(sys.argv[1]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{what} did not start")
-
-
-@contextmanager
-def running(args: list[str], port: int, what: str, env: dict[str, str]) -> Iterator[None]:
-    process = subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process, what)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def request_bytes(port: int, extra_headers: str = "") -> bytes:
@@ -198,18 +160,8 @@ def main() -> int:
         redis_port = free_port()
         if redis_binary is not None:
             backends.append(("redis", {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}))
-        redis_args = [
-            redis_binary or "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        with running(redis_args, redis_port, "redis-server", {}) if redis_binary else _nothing():
+        redis_args = redis_command(redis_binary or "redis-server", redis_port)
+        with running(redis_args, redis_port, "redis-server") if redis_binary else _nothing():
             for name, extra in backends:
                 port = free_port()
                 serve = [

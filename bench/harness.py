@@ -28,7 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout_s: float = 120) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], what: str, timeout_s: float = 120
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -46,15 +48,16 @@ def running(
     args: list[str], port: int, what: str, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a process, wait until it accepts connections on `port`, stop it afterwards."""
-    log = tempfile.NamedTemporaryFile(prefix=f"bench-{what.replace(' ', '-')}-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
+    with tempfile.NamedTemporaryFile(
+        prefix=f"bench-{what.replace(' ', '-')}-", suffix=".log", delete=False
+    ) as log:
+        process = subprocess.Popen(
+            args, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         try:
             wait_for_port(port, process, what)
         except (RuntimeError, TimeoutError):
-            log.flush()
             print(Path(log.name).read_text()[-2000:])
             raise
         yield process
@@ -65,8 +68,12 @@ def running(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
         os.unlink(log.name)
+
+
+def redis_command(binary: str, port: int) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -150,8 +157,16 @@ def wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     threads = 1 if connections <= 16 else 2
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-               "-s", script.name, url]
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     before = cpu_seconds(server_pid) if server_pid else 0.0
     started = time.monotonic()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -165,7 +180,9 @@ def _parse_wrk(output: str, cpu: float | None) -> Load:
     percentiles = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)\s*$", output, re.MULTILINE))
     done = re.search(r"(\d+) requests in", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     failed = int(errors.group(1)) if errors else 0
     if socket_errors:
         failed += sum(int(x) for x in socket_errors.groups())

@@ -32,7 +32,17 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Load, cpu_seconds, free_port, load_average, rss_mb, running, wrk  # noqa: E402
+from harness import (
+    ROOT,
+    Load,
+    cpu_seconds,
+    free_port,
+    load_average,
+    redis_command,
+    rss_mb,
+    running,
+    wrk,
+)
 
 KEY = "sk-bench-upstream-0123456789"
 BENCH_VENV = ROOT / ".bench-venv"
@@ -54,26 +64,59 @@ PLAIN = {
 }
 CACHEABLE = body(model="flash", messages=QUESTION, temperature=0)
 STREAM = {
-    "direct": body(model="deepseek-v4-pro", messages=PROOF, stream=True,
-                   thinking={"type": "enabled"}, reasoning_effort="max"),
+    "direct": body(
+        model="deepseek-v4-pro",
+        messages=PROOF,
+        stream=True,
+        thinking={"type": "enabled"},
+        reasoning_effort="max",
+    ),
     "flashpro": body(model="pro-max", messages=PROOF, stream=True),
     "litellm": body(model="pro-max", messages=PROOF, stream=True),
 }
 
 
 def simulator(port: int, speed: float) -> list[str]:
-    return [PYTHON, "-m", "router", "simulate-upstream", "--port", str(port), "--speed",
-            str(speed), "--api-key", KEY, "--tokens-per-s", "deepseek-v4-pro=35",
-            "--max-output-tokens", "200"]
+    return [
+        PYTHON,
+        "-m",
+        "router",
+        "simulate-upstream",
+        "--port",
+        str(port),
+        "--speed",
+        str(speed),
+        "--api-key",
+        KEY,
+        "--tokens-per-s",
+        "deepseek-v4-pro=35",
+        "--max-output-tokens",
+        "200",
+    ]
 
 
 @contextmanager
 def flashpro(upstream: str, workers: int = 1, **env: str) -> Iterator[tuple[str, int]]:
     port = free_port()
-    args = [PYTHON, "-m", "router", "serve", "--port", str(port), "--workers", str(workers),
-            "--log-level", "warning"]
-    settings = {**ENV, "DEEPSEEK_API_BASE": upstream, "DEEPSEEK_API_KEY": KEY,
-                "FLASHPRO_POLICY_POLL_SECONDS": "0", **env}
+    args = [
+        PYTHON,
+        "-m",
+        "router",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
+    settings = {
+        **ENV,
+        "DEEPSEEK_API_BASE": upstream,
+        "DEEPSEEK_API_KEY": KEY,
+        "FLASHPRO_POLICY_POLL_SECONDS": "0",
+        **env,
+    }
     with running(args, port, "flashpro", settings) as process:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url)
@@ -100,8 +143,9 @@ def ensure_litellm_proxy() -> Path | None:
     print(f"creating {BENCH_VENV} with litellm[proxy] (benchmark only) ...", flush=True)
     try:
         subprocess.run([PYTHON, "-m", "venv", str(BENCH_VENV)], check=True)
-        subprocess.run([str(BENCH_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
-                       check=True)
+        subprocess.run(
+            [str(BENCH_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True
+        )
     except subprocess.CalledProcessError as exc:
         print(f"cannot install litellm[proxy] here ({exc}); skipping LiteLLM's proxy")
         return None
@@ -112,20 +156,42 @@ def ensure_litellm_proxy() -> Path | None:
 def litellm_proxy(binary: Path, upstream: str, workdir: Path) -> Iterator[tuple[str, int]]:
     config = {
         "model_list": [
-            {"model_name": "flash", "litellm_params": {
-                "model": "deepseek/deepseek-v4-flash", "api_base": upstream, "api_key": KEY,
-                "thinking": {"type": "disabled"}}},
-            {"model_name": "pro-max", "litellm_params": {
-                "model": "deepseek/deepseek-v4-pro", "api_base": upstream, "api_key": KEY,
-                "thinking": {"type": "enabled"}, "reasoning_effort": "max"}},
+            {
+                "model_name": "flash",
+                "litellm_params": {
+                    "model": "deepseek/deepseek-v4-flash",
+                    "api_base": upstream,
+                    "api_key": KEY,
+                    "thinking": {"type": "disabled"},
+                },
+            },
+            {
+                "model_name": "pro-max",
+                "litellm_params": {
+                    "model": "deepseek/deepseek-v4-pro",
+                    "api_base": upstream,
+                    "api_key": KEY,
+                    "thinking": {"type": "enabled"},
+                    "reasoning_effort": "max",
+                },
+            },
         ],
         "litellm_settings": {"num_retries": 0, "request_timeout": 600},
     }
     path = workdir / f"litellm-{free_port()}.json"  # JSON is YAML
     path.write_text(json.dumps(config))
     port = free_port()
-    args = [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "--num_workers", "1"]
+    args = [
+        str(binary),
+        "--config",
+        str(path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
     env = {**ENV, "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     with running(args, port, "litellm proxy", env) as process:
         yield f"http://127.0.0.1:{port}", process.pid
@@ -172,22 +238,28 @@ def balanced(upstream: str, workdir: Path) -> Iterator[tuple[str, int] | None]:
         yield None
         return
     redis_port = free_port()
-    redis_args = [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no"]
+    redis_args = redis_command(redis, redis_port)
     with ExitStack() as stack:
         stack.enter_context(running(redis_args, redis_port, "redis-server"))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         ports = [stack.enter_context(flashpro(upstream, REDIS_URL=redis_url)) for _ in range(2)]
         port = free_port()
         config = workdir / "nginx.conf"
-        config.write_text(NGINX.format(
-            user="user root;" if os.geteuid() == 0 else "",
-            dir=workdir,
-            port=port,
-            servers="\n".join(f"    server {url.removeprefix('http://')};" for url, _ in ports),
-        ))
-        stack.enter_context(running([nginx, "-c", str(config), "-p", str(workdir), "-e",
-                                     str(workdir / "error.log")], port, "nginx"))
+        config.write_text(
+            NGINX.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                dir=workdir,
+                port=port,
+                servers="\n".join(f"    server {url.removeprefix('http://')};" for url, _ in ports),
+            )
+        )
+        stack.enter_context(
+            running(
+                [nginx, "-c", str(config), "-p", str(workdir), "-e", str(workdir / "error.log")],
+                port,
+                "nginx",
+            )
+        )
         yield f"http://127.0.0.1:{port}", ports[0][1]
 
 
@@ -197,7 +269,9 @@ def streams(url: str, n: int, request: bytes, pid: int | None) -> dict[str, Any]
     started = time.monotonic()
     output = subprocess.run(
         [PYTHON, str(ROOT / "bench" / "streams.py"), url, str(n), request.decode(), bearer],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     result: dict[str, Any] = json.loads(output)
     if pid:
@@ -211,13 +285,24 @@ def time_classifier(samples: int = 2000) -> dict[str, float]:
     from router.schemas import ChatRequest
 
     classifier = load_classifier(None)
-    prompts = ["What is the capital of France?",
-               "Prove that the square root of 2 is irrational, step by step.",
-               "Write a Python function that merges two sorted lists, with tests. " * 5,
-               "Translate 'good morning' into French."]
-    requests = [ChatRequest.model_validate({"model": "auto", "messages": [
-        {"role": "system", "content": "You are helpful."}, {"role": "user", "content": p}]})
-        for p in prompts]
+    prompts = [
+        "What is the capital of France?",
+        "Prove that the square root of 2 is irrational, step by step.",
+        "Write a Python function that merges two sorted lists, with tests. " * 5,
+        "Translate 'good morning' into French.",
+    ]
+    requests = [
+        ChatRequest.model_validate(
+            {
+                "model": "auto",
+                "messages": [
+                    {"role": "system", "content": "You are helpful."},
+                    {"role": "user", "content": p},
+                ],
+            }
+        )
+        for p in prompts
+    ]
     for request in requests:
         classifier.assess(request)
     times = []
@@ -227,15 +312,21 @@ def time_classifier(samples: int = 2000) -> dict[str, float]:
         classifier.assess(request)
         times.append((time.perf_counter_ns() - started) / 1000)
     times.sort()
-    return {"mean_us": sum(times) / len(times), "p50_us": times[len(times) // 2],
-            "p99_us": times[int(len(times) * 0.99)]}
+    return {
+        "mean_us": sum(times) / len(times),
+        "p50_us": times[len(times) // 2],
+        "p99_us": times[int(len(times) * 0.99)],
+    }
 
 
 def check_cache_hit(url: str) -> None:
     for _ in range(2):
-        response = httpx.post(url + "/v1/chat/completions", content=CACHEABLE, timeout=10,
-                              headers={"content-type": "application/json",
-                                       "authorization": "Bearer bench"})
+        response = httpx.post(
+            url + "/v1/chat/completions",
+            content=CACHEABLE,
+            timeout=10,
+            headers={"content-type": "application/json", "authorization": "Bearer bench"},
+        )
         response.raise_for_status()
     if response.headers.get("x-flashpro-cache") != "hit":
         raise RuntimeError(f"expected a cache hit, got {response.headers.get('x-flashpro-cache')}")
@@ -265,7 +356,9 @@ def main() -> int:
     binary = None if args.no_litellm_proxy else ensure_litellm_proxy()
     bench_auth = {"Authorization": "Bearer bench"}
 
-    def measure(name: str, url: str, request: bytes, pid: int | None, bearer: str = "bench") -> None:
+    def measure(
+        name: str, url: str, request: bytes, pid: int | None, bearer: str = "bench"
+    ) -> None:
         auth = {"Authorization": f"Bearer {bearer}"}
         wrk(url, request, 8, 1, auth)  # warm-up
         row: dict[str, Any] = {}
@@ -294,12 +387,18 @@ def main() -> int:
                     measure(name, url + "/v1/chat/completions", PLAIN["flashpro"], pid)
                     if workers == 1 and transport == "direct":
                         check_cache_hit(url)
-                        hit = wrk(url + "/v1/chat/completions", CACHEABLE, 8, seconds, bench_auth, pid)
+                        hit = wrk(
+                            url + "/v1/chat/completions", CACHEABLE, 8, seconds, bench_auth, pid
+                        )
                         rows["flashpro cache hit"] = {"c8": asdict(hit)}
             with balanced(upstream, workdir) as target:
                 if target is not None:
-                    measure("2 flashpro + redis behind nginx", target[0] + "/v1/chat/completions",
-                            PLAIN["flashpro"], None)
+                    measure(
+                        "2 flashpro + redis behind nginx",
+                        target[0] + "/v1/chat/completions",
+                        PLAIN["flashpro"],
+                        None,
+                    )
             if binary is not None:
                 with litellm_proxy(binary, upstream, workdir) as (url, pid):
                     measure("LiteLLM proxy", url + "/v1/chat/completions", PLAIN["litellm"], pid)
@@ -322,13 +421,15 @@ def stream_part(n: int, binary: Path | None, workdir: Path) -> dict[str, Any]:
         upstream = f"http://127.0.0.1:{port}"
         out["upstream alone"] = streams(upstream + "/chat/completions", n, STREAM["direct"], None)
         print("  measured streams: upstream alone", flush=True)
-        with flashpro(upstream) as (url, pid):
-            out["flashpro"] = streams(url + "/v1/chat/completions", n, STREAM["flashpro"], pid)
-        print("  measured streams: flashpro", flush=True)
+        for name, transport in (("flashpro", "direct"), ("flashpro litellm transport", "litellm")):
+            with flashpro(upstream, FLASHPRO_TRANSPORT=transport) as (url, pid):
+                out[name] = streams(url + "/v1/chat/completions", n, STREAM["flashpro"], pid)
+            print(f"  measured streams: {name}", flush=True)
         if binary is not None:
             with litellm_proxy(binary, upstream, workdir) as (url, pid):
-                out["LiteLLM proxy"] = streams(url + "/v1/chat/completions", n,
-                                               STREAM["litellm"], pid)
+                out["LiteLLM proxy"] = streams(
+                    url + "/v1/chat/completions", n, STREAM["litellm"], pid
+                )
             print("  measured streams: LiteLLM proxy", flush=True)
     return out
 
@@ -336,11 +437,15 @@ def stream_part(n: int, binary: Path | None, workdir: Path) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> None:
     rows = results["rows"]
     base = rows.get("upstream alone", {})
-    print(f"\nflashpro benchmark {results['started']}, {results['cpus']} CPUs, load average "
-          f"{results['load_before'][0]:.1f} before, {max(results['load'] or [0]):.1f} peak "
-          "during, 1 wrk thread (2 at 64 connections)")
-    header = (f"{'target':<34}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-              f"{'+p50 ms':>9}{'cpu %':>7}{'err':>6}")
+    print(
+        f"\nflashpro benchmark {results['started']}, {results['cpus']} CPUs, load average "
+        f"{results['load_before'][0]:.1f} before, {max(results['load'] or [0]):.1f} peak "
+        "during, 1 wrk thread (2 at 64 connections)"
+    )
+    header = (
+        f"{'target':<34}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'+p50 ms':>9}{'cpu %':>7}{'err':>6}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in rows.items():
@@ -348,33 +453,47 @@ def report(results: dict[str, Any]) -> None:
             if key not in row:
                 continue
             load = row[key]
-            added = load["p50_ms"] - base[key]["p50_ms"] if key in base and name != "upstream alone" else None
+            added = (
+                load["p50_ms"] - base[key]["p50_ms"]
+                if key in base and name != "upstream alone"
+                else None
+            )
             cpu = f"{load['cpu_pct']:.0f}" if load.get("cpu_pct") is not None else "-"
-            print(f"{name:<34}{key[1:]:>5}{load['requests_s']:>9.0f}{load['p50_ms']:>9.2f}"
-                  f"{load['p90_ms']:>9.2f}{load['p99_ms']:>9.2f}"
-                  f"{(f'{added:.2f}' if added is not None else '-'):>9}{cpu:>7}{load['errors']:>6}")
+            print(
+                f"{name:<34}{key[1:]:>5}{load['requests_s']:>9.0f}{load['p50_ms']:>9.2f}"
+                f"{load['p90_ms']:>9.2f}{load['p99_ms']:>9.2f}"
+                f"{(f'{added:.2f}' if added is not None else '-'):>9}{cpu:>7}{load['errors']:>6}"
+            )
     proxy = rows.get("LiteLLM proxy")
     ours = rows.get("flashpro direct transport")
     if proxy and ours:
         for key in ("c8", "c64"):
             ratio = ours[key]["requests_s"] / proxy[key]["requests_s"]
             latency = proxy[key]["p50_ms"] / ours[key]["p50_ms"]
-            print(f"flashpro vs LiteLLM proxy at {key[1:]} connections: {ratio:.1f}x the "
-                  f"throughput, {latency:.1f}x lower p50")
+            print(
+                f"flashpro vs LiteLLM proxy at {key[1:]} connections: {ratio:.1f}x the "
+                f"throughput, {latency:.1f}x lower p50"
+            )
     if "streams" in results:
         print("\nconcurrent streams (pro-max, 35 tokens/s)")
-        print(f"{'target':<22}{'done':>6}{'fail':>6}{'ttft p50':>10}{'gap p50':>9}{'gap p90':>9}"
-              f"{'gap p99':>9}{'gap max':>9}{'+p99':>8}{'cpu %':>7}{'peak MB':>9}")
+        print(
+            f"{'target':<28}{'done':>6}{'fail':>6}{'ttft p50':>10}{'gap p50':>9}{'gap p90':>9}"
+            f"{'gap p99':>9}{'gap max':>9}{'+p99':>8}{'cpu %':>7}{'peak MB':>9}"
+        )
         direct = results["streams"].get("upstream alone", {})
         for name, s in results["streams"].items():
             added = s["gap_p99_ms"] - direct["gap_p99_ms"] if name != "upstream alone" else None
-            print(f"{name:<22}{s['completed']:>6}{s['failed']:>6}{s['ttft_p50_ms']:>10.0f}"
-                  f"{s['gap_p50_ms']:>9.1f}{s['gap_p90_ms']:>9.1f}{s['gap_p99_ms']:>9.1f}"
-                  f"{s['gap_max_ms']:>9.0f}{(f'{added:.1f}' if added is not None else '-'):>8}"
-                  f"{s.get('cpu_pct', 0):>7.0f}{s.get('peak_rss_mb', 0):>9.0f}")
+            print(
+                f"{name:<28}{s['completed']:>6}{s['failed']:>6}{s['ttft_p50_ms']:>10.0f}"
+                f"{s['gap_p50_ms']:>9.1f}{s['gap_p90_ms']:>9.1f}{s['gap_p99_ms']:>9.1f}"
+                f"{s['gap_max_ms']:>9.0f}{(f'{added:.1f}' if added is not None else '-'):>8}"
+                f"{s.get('cpu_pct', 0):>7.0f}{s.get('peak_rss_mb', 0):>9.0f}"
+            )
     c = results["classifier"]
-    print(f"\nclassifier assess: mean {c['mean_us']:.0f} us, p50 {c['p50_us']:.0f} us, "
-          f"p99 {c['p99_us']:.0f} us")
+    print(
+        f"\nclassifier assess: mean {c['mean_us']:.0f} us, p50 {c['p50_us']:.0f} us, "
+        f"p99 {c['p99_us']:.0f} us"
+    )
 
 
 if __name__ == "__main__":

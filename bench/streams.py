@@ -10,6 +10,7 @@ difference between the two gap distributions is what the proxy adds per chunk.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -60,7 +61,9 @@ async def main(url: str, n: int, body: bytes, bearer: str) -> dict[str, object]:
     parts = urlsplit(url)
     start = asyncio.Event()
     tasks = [
-        asyncio.create_task(one(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, body, bearer, start))
+        asyncio.create_task(
+            one(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, body, bearer, start)
+        )
         for _ in range(n)
     ]
     began = time.perf_counter()
@@ -68,7 +71,7 @@ async def main(url: str, n: int, body: bytes, bearer: str) -> dict[str, object]:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - began
     streams = [r for r in results if isinstance(r, list) and len(r) > 1]
-    gaps = [b - a for arrivals in streams for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for arrivals in streams for a, b in itertools.pairwise(arrivals)]
     ttft = [arrivals[0] for arrivals in streams]
     ms = 1000.0
     return {

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from router.cache import CacheStatus
 from router.decide import Decision
 from router.errors import FlashproError, InvalidRequest, PayloadTooLarge
-from router.pipeline import Deps, admit, cache_plan, complete, open_stream, route
+from router.pipeline import Deps, admit, cache_plan, check_key, complete, open_stream, route
 from router.schemas import ChatRequest
 
 api = APIRouter()
@@ -135,7 +135,9 @@ async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
     chat = await read_chat(request, request.app.state.settings.max_body_bytes)
-    routed = route(deps, chat, lower_headers(request))
+    given = lower_headers(request)
+    check_key(deps, chat, given)
+    routed = route(deps, chat, given)
     decision = routed.decision
     body = {
         "alias": decision.alias,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -239,6 +240,8 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     from router.metrics import multiprocess_dir
 
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: exit 0 instead
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
         uvicorn.run(
             "router.app:app_from_env",
@@ -251,6 +254,10 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=Settings().shutdown_grace_s,
         )
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 def _start_simulator(policy: Policy, speed: float) -> None:

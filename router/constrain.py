@@ -97,7 +97,7 @@ def _affinity(
     if boundary is None or abs(decision.score - boundary) >= rules.margin:
         return decision
     reason = f"{decision.reason}; conversation stays on {previous} (prefix cache)"
-    return _moved(policy, decision, previous, "affinity", reason)
+    return retarget(policy, decision, previous, rule="affinity", reason=reason)
 
 
 def _share_cap(
@@ -117,7 +117,7 @@ def _share_cap(
         f"{decision.reason}; {cap.tier}+ share {share:.2f} >= {cap.max_share:.2f}, "
         f"borderline score goes down to {lower}"
     )
-    return _moved(policy, decision, lower, "share-cap", reason)
+    return retarget(policy, decision, lower, rule="share-cap", reason=reason)
 
 
 def _group(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
@@ -132,7 +132,7 @@ def _group(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
     below = [t for t in usable if policy.rank(t) < rank]
     tier = below[-1] if below else usable[0]
     reason = f"{decision.reason}; group {state.group} may not use {decision.tier}"
-    return _moved(policy, decision, tier, f"group:{state.group}", reason)
+    return retarget(policy, decision, tier, rule=f"group:{state.group}", reason=reason)
 
 
 def _latency(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
@@ -160,7 +160,7 @@ def _latency(policy: Policy, decision: Decision, state: RoutingState) -> Decisio
         why = f"no tier is expected within {limit:.0f} ms; {tier} is the fastest"
     if tier == decision.tier:
         return decision
-    return _moved(policy, decision, tier, "latency", f"{decision.reason}; {why}")
+    return retarget(policy, decision, tier, rule="latency", reason=f"{decision.reason}; {why}")
 
 
 def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
@@ -177,10 +177,13 @@ def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decisio
     if policy.rank(decision.tier) <= policy.rank(target):
         return decision
     reason = f"{decision.reason}; {spent.scope} budget spent, downgraded to {target}"
-    return _moved(policy, decision, target, f"budget:{spent.scope}", reason)
+    return retarget(policy, decision, target, rule=f"budget:{spent.scope}", reason=reason)
 
 
-def _moved(policy: Policy, decision: Decision, tier: str, rule: str, reason: str) -> Decision:
+def retarget(
+    policy: Policy, decision: Decision, tier: str, reason: str, rule: str | None = None
+) -> Decision:
+    """The decision moved to another tier (by a limit, a fallback or a cached answer)."""
     spec = policy.tiers[tier]
     return replace(
         decision,
@@ -188,6 +191,6 @@ def _moved(policy: Policy, decision: Decision, tier: str, rule: str, reason: str
         model=spec.model,
         thinking=spec.thinking,
         reasoning_effort=spec.reasoning_effort,
-        rule=rule,
+        rule=decision.rule if rule is None else rule,
         reason=reason,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from router.policy import DecisionLogPolicy
 
 _REQUEST_FIELDS = ("messages", "tools", "tool_choice", "response_format")
+log = logging.getLogger("flashpro.decisions")
 _PENDING_MAX = 10_000  # decisions kept in memory, waiting for the next flush
 
 
@@ -148,23 +150,27 @@ class DecisionLog:
 
     @asynccontextmanager
     async def flushing(self) -> AsyncIterator[None]:
-        """Flush every `flush_s` seconds in a background task, and once more at the end."""
+        """Flush every `flush_s` seconds in a background task, and once more at the end (a
+        write in progress is finished, not cancelled)."""
+        stop = asyncio.Event()
 
         async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.flush_s)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.flush_s)
                 block = self.take()
                 if block:
-                    await asyncio.to_thread(self._append, block)
+                    try:
+                        await asyncio.to_thread(self._append, block)
+                    except OSError as exc:  # a full or missing disk must not stop the server
+                        log.warning("decision log %s: cannot write: %s", self.path, exc)
 
         task = asyncio.create_task(loop())
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.flush()
+            stop.set()
+            await task
 
     def _append(self, block: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

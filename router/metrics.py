@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -134,6 +135,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+
+        self.started = Gauge(
+            "flashpro_start_time_seconds",
+            "When a flashpro worker started, unix time (the earliest of the workers).",
+            multiprocess_mode="min",
+            registry=r,
+        )
+        self.started.set(time.time())
 
     def request_done(self, record: RequestRecord) -> None:
         decision = record.decision

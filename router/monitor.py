@@ -23,7 +23,11 @@ def _deps(request: Request) -> Deps:
 
 @monitor.get("/metrics")
 async def metrics(request: Request) -> Response:
-    body, content_type = _deps(request).observer.metrics.render()
+    deps = _deps(request)
+    metrics = deps.observer.metrics
+    for tier in deps.live.policy.tiers:  # this process's breakers, as of the scrape
+        metrics.breaker_state(tier, deps.resilience.circuit(tier).state)
+    body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -160,6 +162,12 @@ async def admit(
     )
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
+
+
+def check_key(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> None:
+    """401 unless the caller may use this proxy (for endpoints that skip `admit`)."""
+    policy = deps.live.policy
+    authorize(policy, caller_of(policy, request, headers, deps.controls.environ))
 
 
 async def guard(deps: Deps, policy: Policy, caller: Caller, request: ChatRequest) -> None:
@@ -386,6 +394,8 @@ async def _relay(
                 yield data
             chunk = await anext(rest, None)
     finally:
+        if not assembler.finished:
+            _observe_cut(deps, routed, plan, sys.exc_info()[1])
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -397,6 +407,13 @@ async def _relay(
         started, first_at = timing or (time.monotonic(), None)
         await _answered(deps, routed, usage, cost, started, first_at, plan.status)
         await _store(deps, plan, routed.decision, body, cost)
+
+
+def _observe_cut(deps: Deps, routed: Routed, plan: CachePlan, cause: BaseException | None) -> None:
+    """A stream that ended early still counts: the client left (499) or the upstream broke."""
+    left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
+    status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
+    observe(deps, routed, status=status, error=error, cache=plan.status)
 
 
 def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
-from router.constrain import usable_tiers
+from router.constrain import retarget, usable_tiers
 from router.decide import Decision
 from router.errors import (
     FlashproError,
@@ -63,13 +63,10 @@ def fallback_decision(policy: Policy, decision: Decision, tier: str) -> Decision
     """The decision re-pointed at a fallback tier (what the headers and the ledger report)."""
     if tier == decision.tier:
         return decision
-    spec = policy.tiers[tier]
-    return replace(
+    return retarget(
+        policy,
         decision,
-        tier=tier,
-        model=spec.model,
-        thinking=spec.thinking,
-        reasoning_effort=spec.reasoning_effort,
+        tier,
         reason=f"{decision.reason}; fell back from {decision.tier} to {tier}",
     )
 

@@ -4,6 +4,7 @@ per-tier latency percentiles, a time series in small buckets and the latest deci
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ranked = sorted(values)
-    index = min(len(ranked) - 1, max(0, round(q * len(ranked) + 0.5) - 1))
+    index = min(len(ranked) - 1, max(0, math.ceil(q * len(ranked)) - 1))
     return ranked[index]
 
 

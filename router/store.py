@@ -14,10 +14,9 @@ import logging
 from collections.abc import Sequence
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from router.cache import connect_redis
 from router.controls import MemoryLedger, MemoryShareWindow, periods
 from router.ratelimit import MemoryCounter
 
@@ -28,13 +27,14 @@ _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def connect(url: str, timeout_s: float = 0.25) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+    """One Redis or a Sentinel-watched master (router/redis_url.py); not a Cluster, whose
+    slots would split the ledger's MULTI transactions."""
+    client = connect_redis(url, timeout_s)
+    if isinstance(client, redis.asyncio.RedisCluster):
+        raise ValueError(
+            "budgets and share windows need one Redis or a Sentinel master, not a Cluster"
+        )
+    return client
 
 
 class _Outage:

@@ -243,7 +243,9 @@ async def test_memory_cache_entries_expire() -> None:
 async def backend(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> AsyncIterator[Cache]:
-    cache: Cache = MemoryCache() if request.param == "memory" else RedisCache(redis_server.url)
+    cache: Cache = (
+        MemoryCache() if request.param == "memory" else RedisCache(redis_server.url, timeout_s=0.5)
+    )
     yield cache
     await cache.aclose()
 
@@ -282,7 +284,7 @@ async def test_redis_cache_recovers_without_a_restart(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="flashpro.cache")
-    cache = RedisCache(redis_server.url, cool_down_s=0.1)
+    cache = RedisCache(redis_server.url, cool_down_s=0.1, timeout_s=0.5)
     key = f"test:{uuid.uuid4().hex}"
     await cache.put(key, b"v", 60)
     redis_server.stop()
@@ -371,8 +373,8 @@ async def test_followers_of_a_failed_leader_call_themselves() -> None:
 
 async def test_processes_sharing_redis_coalesce(redis_server: RedisServer) -> None:
     one, two = (
-        ResponseCache(RedisCache(redis_server.url)),
-        ResponseCache(RedisCache(redis_server.url)),
+        ResponseCache(RedisCache(redis_server.url, timeout_s=0.5)),
+        ResponseCache(RedisCache(redis_server.url, timeout_s=0.5)),
     )
     key = f"test:{uuid.uuid4().hex}"
     calls = 0

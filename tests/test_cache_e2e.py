@@ -58,7 +58,9 @@ def base(
     redis_server: RedisServer,
     upstream_env: None,
 ) -> Iterator[str]:
-    backend: Cache = MemoryCache() if request.param == "memory" else RedisCache(redis_server.url)
+    backend: Cache = (
+        MemoryCache() if request.param == "memory" else RedisCache(redis_server.url, timeout_s=0.5)
+    )
     with flashpro_with(simulator, backend) as url:
         yield url
 
@@ -325,8 +327,8 @@ def test_two_instances_sharing_redis_call_the_upstream_once(
     upstream_env: None,
 ) -> None:
     with (
-        flashpro_with(simulator, RedisCache(redis_server.url)) as one,
-        flashpro_with(simulator, RedisCache(redis_server.url)) as two,
+        flashpro_with(simulator, RedisCache(redis_server.url, timeout_s=0.5)) as one,
+        flashpro_with(simulator, RedisCache(redis_server.url, timeout_s=0.5)) as two,
     ):
         messages = prompt("Shared question [[sim:delay_ms=300]]")
         responses = asyncio.run(concurrently([one, two], messages, 8))
@@ -353,7 +355,7 @@ def test_a_redis_outage_never_fails_a_request_and_hits_come_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="flashpro.cache")
-    with flashpro_with(simulator, RedisCache(redis_server.url)) as url:
+    with flashpro_with(simulator, RedisCache(redis_server.url, timeout_s=0.5)) as url:
         messages = prompt()
         ask(url, messages)
         assert ask(url, messages)[0]["x-flashpro-cache"] == "hit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,53 @@ def test_scale_profile_puts_replicas_behind_the_balancer() -> None:
     assert "server flashpro-replica:8000" in config
     assert "listen 8080;" in config
     assert "proxy_buffering off;" in config  # streams are relayed chunk by chunk
+
+
+def test_monitoring_profile_runs_prometheus_and_grafana() -> None:
+    services = compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    assert prometheus["ports"] == ["9090:9090"] and grafana["ports"] == ["3000:3000"]
+    for service in (prometheus, grafana):
+        for volume in service["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume  # mounted config is in the repo
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = [t for group in jobs["flashpro"]["static_configs"] for t in group["targets"]]
+    assert "flashpro:8000" in targets and jobs["flashpro"]["metrics_path"] == "/metrics"
+    assert jobs["flashpro-replicas"]["dns_sd_configs"][0]["names"] == ["flashpro-replica"]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "flashpro.yml").read_text())
+    mounted = {v.split(":")[1] for v in grafana["volumes"]}
+    assert provider["providers"][0]["options"]["path"] in mounted
+
+
+def exported_names(exposition: str) -> set[str]:
+    """Every series name a PromQL query can use, from a live /metrics page."""
+    suffixes = ("", "_total", "_created", "_bucket", "_count", "_sum")
+    names: set[str] = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            family = line.split()[2]
+            names.update(family + suffix for suffix in suffixes)
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split(" ")[0])
+    return names
+
+
+def test_grafana_dashboard_queries_metrics_flashpro_exports(flashpro: str) -> None:
+    import re
+
+    import httpx
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/flashpro.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {name for expr in exprs for name in re.findall(r"\bflashpro_[a-z0-9_]+", expr)}
+    assert len(queried) >= 10
+    exported = exported_names(httpx.get(flashpro + "/metrics").text)
+    assert queried <= exported, f"not exported: {sorted(queried - exported)}"
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for figure in ("share per tier", "spend", "savings", "cache hit rate", "latency"):
+        assert figure in titles

@@ -102,3 +102,13 @@ async def test_cache_through_a_real_sentinel(sentinel: int) -> None:
     assert await cache.get_many([key, key + ":absent"]) == [b"value", None]
     assert not cache.down
     await cache.aclose()
+
+
+async def test_budgets_accept_a_sentinel_url_but_not_a_cluster() -> None:
+    from router.store import connect
+
+    client = connect("redis+sentinel://127.0.0.1:1/mymaster")
+    assert "Sentinel" in type(client.connection_pool).__name__
+    await client.aclose()
+    with pytest.raises(ValueError, match="Cluster"):
+        connect("redis+cluster://127.0.0.1:1")

@@ -107,8 +107,12 @@ def essence(body: dict[str, Any]) -> list[tuple[Any, ...]]:
             for tc in message.get("tool_calls") or ()
         ]
         out.append(
-            (message.get("content") or "", message.get("reasoning_content"), calls,
-             choice["finish_reason"])
+            (
+                message.get("content") or "",
+                message.get("reasoning_content"),
+                calls,
+                choice["finish_reason"],
+            )
         )
     return out
 
@@ -123,23 +127,51 @@ HISTORY = [
     {
         "role": "assistant",
         "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            }
         ],
     },
     {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'},
     {"role": "assistant", "content": "It is 21 C."},
-    {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "Rome?"}]},
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "Rome?"}],
+    },
 ]
 
 SHAPES: list[dict[str, Any]] = [
-    {"params": {"temperature": 0.3, "top_p": 0.9, "max_tokens": 50, "stop": ["END"], "seed": 7,
-                "user": "u-1", "n": 1, "presence_penalty": 0.1, "frequency_penalty": 0.2,
-                "logprobs": False, "response_format": {"type": "json_object"}}},
-    {"model": "deepseek/deepseek-v4-pro", "thinking": "enabled", "effort": "max",
-     "messages": HISTORY, "params": {"tools": [WEATHER_TOOL], "tool_choice": "auto"}},
-    {"model": "deepseek/deepseek-v4-pro", "thinking": "disabled", "effort": "high",
-     "messages": HISTORY, "params": {"tools": [WEATHER_TOOL]}},
+    {
+        "params": {
+            "temperature": 0.3,
+            "top_p": 0.9,
+            "max_tokens": 50,
+            "stop": ["END"],
+            "seed": 7,
+            "user": "u-1",
+            "n": 1,
+            "presence_penalty": 0.1,
+            "frequency_penalty": 0.2,
+            "logprobs": False,
+            "response_format": {"type": "json_object"},
+        }
+    },
+    {
+        "model": "deepseek/deepseek-v4-pro",
+        "thinking": "enabled",
+        "effort": "max",
+        "messages": HISTORY,
+        "params": {"tools": [WEATHER_TOOL], "tool_choice": "auto"},
+    },
+    {
+        "model": "deepseek/deepseek-v4-pro",
+        "thinking": "disabled",
+        "effort": "high",
+        "messages": HISTORY,
+        "params": {"tools": [WEATHER_TOOL]},
+    },
     {"thinking": "enabled", "effort": "low", "messages": HISTORY},
 ]
 
@@ -172,8 +204,13 @@ def test_plain_answers_are_identical(sim: RunningSimulator) -> None:
 
 
 def test_streams_relay_reasoning_first_then_content_and_usage(sim: RunningSimulator) -> None:
-    c = call(sim, "Prove that 17 is prime.", model="deepseek/deepseek-v4-pro", thinking="enabled",
-             effort="high")
+    c = call(
+        sim,
+        "Prove that 17 is prime.",
+        model="deepseek/deepseek-v4-pro",
+        thinking="enabled",
+        effort="high",
+    )
     results = {}
     for transport in TRANSPORTS:
         chunks = run(transport, lambda u: streamed(u, c))
@@ -231,8 +268,12 @@ def failure(transport: str, c: UpstreamCall, stream: bool) -> FlashproError:
 HUGE = "word " * 1_050_000
 
 ERRORS: list[tuple[dict[str, Any], type[FlashproError], int, dict[str, str]]] = [
-    ({"text": "x [[sim:status=429]][[sim:retry_after=2]]"}, UpstreamRateLimited, 429,
-     {"Retry-After": "2"}),
+    (
+        {"text": "x [[sim:status=429]][[sim:retry_after=2]]"},
+        UpstreamRateLimited,
+        429,
+        {"Retry-After": "2"},
+    ),
     ({"text": "x [[sim:status=500]]"}, UpstreamError, 502, {}),
     ({"text": "x [[sim:status=503]]"}, UpstreamError, 502, {}),
     ({"text": "x [[sim:status=404]]"}, UpstreamRejected, 404, {}),
@@ -259,8 +300,9 @@ def test_errors_map_the_same_way(sim: RunningSimulator, case: int, stream: bool)
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_mid_stream_drop_raises_upstream_error(sim: RunningSimulator, transport: str) -> None:
-    c = call(sim, "drop [[sim:disconnect_after=3]]", model="deepseek/deepseek-v4-pro",
-             thinking="enabled")
+    c = call(
+        sim, "drop [[sim:disconnect_after=3]]", model="deepseek/deepseek-v4-pro", thinking="enabled"
+    )
 
     async def go(upstream: Upstream) -> int:
         received = 0
@@ -275,8 +317,16 @@ def test_mid_stream_drop_raises_upstream_error(sim: RunningSimulator, transport:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_unreachable_upstream_is_502(transport: str) -> None:
-    c = UpstreamCall("deepseek/deepseek-v4-flash", [{"role": "user", "content": "hi"}], {},
-                     "disabled", None, "http://127.0.0.1:9", "sk-x", 2.0)
+    c = UpstreamCall(
+        "deepseek/deepseek-v4-flash",
+        [{"role": "user", "content": "hi"}],
+        {},
+        "disabled",
+        None,
+        "http://127.0.0.1:9",
+        "sk-x",
+        2.0,
+    )
     with pytest.raises(UpstreamError):
         run(transport, lambda u: u.complete(c))
 
@@ -307,27 +357,46 @@ def test_client_fields_never_reach_transport_settings(
     assert "x-evil" not in received.headers
     body = sent_body(sim)
     assert body["temperature"] == 0.5
-    for name in ("api_base", "base_url", "api_key", "custom_llm_provider", "extra_headers",
-                 "headers", "timeout", "metadata"):
+    for name in (
+        "api_base",
+        "base_url",
+        "api_key",
+        "custom_llm_provider",
+        "extra_headers",
+        "headers",
+        "timeout",
+        "metadata",
+    ):
         assert name not in body, name
 
 
 def test_request_shaping_rules() -> None:
-    base = UpstreamCall("deepseek/deepseek-v4-pro", HISTORY, {"user": "u"}, "disabled", "max",
-                        None, None, 1.0)
+    base = UpstreamCall(
+        "deepseek/deepseek-v4-pro", HISTORY, {"user": "u"}, "disabled", "max", None, None, 1.0
+    )
     off = request_body(base, stream=False)
     assert off["thinking"] == {"type": "disabled"} and "reasoning_effort" not in off
     assert all("reasoning_content" not in m for m in off["messages"])
     assert "user" not in off
     assert off["messages"][-1]["content"] == "And Rome?"
     on = request_body(
-        UpstreamCall(base.model, HISTORY, {"tools": [WEATHER_TOOL, {"type": "web_search"}]},
-                     "enabled", "max", None, None, 1.0),
+        UpstreamCall(
+            base.model,
+            HISTORY,
+            {"tools": [WEATHER_TOOL, {"type": "web_search"}]},
+            "enabled",
+            "max",
+            None,
+            None,
+            1.0,
+        ),
         stream=True,
     )
     assert on["reasoning_effort"] == "max"
     assert [m.get("reasoning_content") for m in on["messages"] if m["role"] == "assistant"] == [
-        " ", " "]
+        " ",
+        " ",
+    ]
     assert on["tools"] == [WEATHER_TOOL]
     assert on["stream_options"] == {"include_usage": True}
     bogus = UpstreamCall(base.model, HISTORY, {}, "enabled", "bogus", None, None, 1.0)
@@ -351,8 +420,9 @@ def test_other_providers_go_through_litellm() -> None:
 
     async def go() -> None:
         switch = ByProvider(DirectUpstream(), other)
-        await switch.complete(UpstreamCall("openai/gpt-4o", [], {}, "disabled", None, None,
-                                           None, 1.0))
+        await switch.complete(
+            UpstreamCall("openai/gpt-4o", [], {}, "disabled", None, None, None, 1.0)
+        )
         await switch.aclose()
 
     asyncio.run(go())

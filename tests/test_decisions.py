@@ -1,0 +1,117 @@
+"""The decision log and POST /v1/feedback: feedback is joined to its decision, and `flashpro
+train` fits a classifier on the joined log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from router.cli import main
+from router.decide import Decision
+from router.decisions import DecisionLog, join, label_of
+from router.evaluate import read_rows
+from router.observe import RequestRecord
+from router.simulator import RunningSimulator
+from tests.conftest import wait_until
+from tests.traffic import chat, observed_flashpro
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_feedback_appears_joined_to_its_decision_and_trains(
+    simulator: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    asks = [("flash", True), ("flash", False), ("pro", True), ("pro", False)]
+    with observed_flashpro(simulator, tmp_path) as (base, log), httpx.Client(base_url=base) as c:
+        ids = []
+        for i, (model, _) in enumerate(asks):
+            response = c.post("/v1/chat/completions", json=chat(model, f"question {i} {base}"))
+            ids.append(response.headers["x-flashpro-request-id"])
+        # the decisions are flushed in the background (every 0.2 s under this policy)
+        wait_until(lambda: log.exists() and len(read_log(log)) == len(ids), what="a flush")
+        assert {line["id"] for line in read_log(log)} == set(ids)
+        first = c.post("/v1/feedback", json={"request_id": ids[0], "good": True})
+        assert first.status_code == 202
+        assert first.json() == {"status": "recorded", "request_id": ids[0], "score": 1.0}
+        for rid, (_, good) in zip(ids[1:], asks[1:], strict=True):
+            assert c.post("/v1/feedback", json={"request_id": rid, "good": good}).status_code == 202
+        assert c.post("/v1/feedback", json={"request_id": "unknown-id", "score": 0.5}).is_success
+    lines = read_log(log)  # the feedback lines were flushed at shutdown
+    decisions = {line["id"]: line for line in lines if "tier" in line}
+    assert set(decisions) == set(ids)
+    first_line = decisions[ids[0]]
+    assert first_line["request"]["messages"][0]["content"].startswith("question 0")
+    assert first_line["tier"] == "flash" and 0 <= first_line["score"] <= 1 and first_line["rule"]
+    joined = {row["id"]: row for row in join(lines)}
+    assert set(joined) == set(ids)  # rated decisions only; the stray rating is dropped
+    assert [joined[rid]["label"] for rid in ids] == [0.0, 1.0, 1.0, 0.0]
+    assert joined[ids[0]]["feedback"]["score"] == 1.0
+
+    rows = read_rows(log)
+    assert sorted(row.gain for row in rows) == [0.0, 0.0, 1.0, 1.0]
+    assert {row.source for row in rows} == {"flash", "pro"}
+    artifact = tmp_path / "retrained.npz"
+    assert main(["train", "--data", str(log), "--out", str(artifact), "--sources", "all"]) == 0
+    assert artifact.stat().st_size > 0
+
+
+def test_feedback_for_a_buffered_decision_is_written_into_its_line(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl")
+    decision = Decision("auto", "pro", "m", "enabled", "high", 0.8, "threshold:pro", "hard")
+    log.decision(RequestRecord("r1", 200, decision, tier_rank=1, cost_usd=0.002))
+    log.feedback("r1", 0.0)
+    log.flush()
+    (line,) = read_log(log.path)
+    assert line["id"] == "r1" and line["tier"] == "pro" and line["label"] == 0.0
+    assert line["feedback"] == {"score": 0.0, "strong_better": False, "weak_better": False}
+    log.flush()  # nothing new: nothing written
+    assert len(read_log(log.path)) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"good": True},
+        {"request_id": "r1"},
+        {"request_id": "r1", "good": "yes"},
+        {"request_id": "r1", "score": 1.5},
+        {"request_id": "r1", "good": True, "score": 1},
+        ["r1"],
+    ],
+)
+def test_invalid_feedback_is_a_400(flashpro: str, body: Any) -> None:
+    response = httpx.post(flashpro + "/v1/feedback", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_feedback_without_a_decision_log_says_how_to_enable_it(flashpro: str) -> None:
+    response = httpx.post(flashpro + "/v1/feedback", json={"request_id": "r1", "good": True})
+    assert response.status_code == 400
+    assert "observability.decision_log" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("rank", "score", "label"),
+    [(0, 1.0, 0.0), (0, 0.0, 1.0), (1, 1.0, 1.0), (2, 0.0, 0.0), (0, 0.25, 0.75), (1, 7.0, 1.0)],
+)
+def test_label_is_the_gain_of_a_stronger_tier(rank: int, score: float, label: float) -> None:
+    assert label_of(rank, score) == label
+
+
+def test_join_keeps_other_formats_and_drops_unrated_decisions() -> None:
+    routing = {"id": "m1", "prompt": "2+2?", "strong_correct": 1, "weak_correct": 1}
+    labelled = {"id": "h1", "messages": [{"role": "user", "content": "x"}], "label": 1}
+    decision = {"id": "d1", "tier": "flash", "tier_rank": 0, "request": {"messages": []}}
+    unrated = {**decision, "id": "d2"}
+    rating = {"id": "d1", "feedback": {"score": 0.0}}
+    rows = list(join([routing, labelled, decision, unrated, rating]))
+    assert rows[:2] == [routing, labelled]
+    assert [row["id"] for row in rows[2:]] == ["d1"]
+    assert rows[2]["label"] == 1.0 and rows[2]["feedback"]["strong_better"] is True

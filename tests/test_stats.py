@@ -1,0 +1,38 @@
+"""`flashpro stats`: a running server's traffic summary as terminal tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from router.cli import main
+from router.simulator import RunningSimulator
+from tests.conftest import free_port
+from tests.traffic import observed_flashpro, send_mix
+
+
+@pytest.fixture(scope="module")
+def served(
+    simulator: RunningSimulator, upstream_env: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with observed_flashpro(simulator, tmp_path_factory.mktemp("stats")) as (base, _):
+        send_mix(base)
+        yield base
+
+
+def test_stats_prints_tiers_spend_savings_and_decisions(
+    served: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["stats", "--url", served]) == 0
+    out = capsys.readouterr().out
+    for text in ("requests", "13", "savings", "all-pro cost", "cache hit rate", "33.3%"):
+        assert text in out
+    for text in ("per tier", "flash", "pro", "p95", "recent decisions", "pinned:pro"):
+        assert text in out
+
+
+def test_stats_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "cannot read" in capsys.readouterr().err
