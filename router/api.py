@@ -15,7 +15,17 @@ from pydantic import ValidationError
 from router.cache import CacheStatus
 from router.decide import Decision
 from router.errors import FlashproError, InvalidRequest, PayloadTooLarge
-from router.pipeline import Deps, admit, cache_plan, check_key, complete, open_stream, route
+from router.pipeline import (
+    Answer,
+    Deps,
+    StreamAnswer,
+    admit,
+    cache_plan,
+    check_key,
+    complete,
+    open_stream,
+    route,
+)
 from router.schemas import ChatRequest
 
 api = APIRouter()
@@ -106,18 +116,20 @@ async def chat_completions(request: Request) -> Response:
     plan = cache_plan(deps, routed, given)
     if chat.stream:
         opened = await open_stream(deps, routed, plan)
-        headers = decision_headers(opened.decision, rid)
-        headers.update(cache_headers(opened.cache, opened.saved_usd))
-        headers.update(opened.trail.headers())
         return StreamingResponse(
-            sse(opened.chunks), media_type="text/event-stream", headers=headers
+            sse(opened.chunks), media_type="text/event-stream", headers=answer_headers(opened, rid)
         )
     answer = await complete(deps, routed, plan)
-    headers = decision_headers(answer.decision, rid)
-    headers["x-flashpro-cost-usd"] = f"{answer.cost_usd:.8f}"
+    headers = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+    return json_response(answer.body, headers=headers)
+
+
+def answer_headers(answer: Answer | StreamAnswer, request_id: str) -> dict[str, str]:
+    """The decision, cache and fallback headers of an answer (a hit's cost header says 0)."""
+    headers = decision_headers(answer.decision, request_id)
     headers.update(cache_headers(answer.cache, answer.saved_usd))
     headers.update(answer.trail.headers())
-    return json_response(answer.body, headers=headers)
+    return headers
 
 
 async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -190,8 +202,12 @@ async def healthz() -> Response:
 @api.get("/readyz")
 async def readyz(request: Request) -> Response:
     deps = deps_of(request)
+    cache_ok = await deps.cache.backend.reachable()
     body = {
-        "status": "ready",
+        # Redis is an optimisation (cache, shared ledgers): without it flashpro still serves,
+        # so readiness stays 200 and says it is degraded.
+        "status": "ready" if cache_ok else "degraded",
+        "checks": {"cache": "ok" if cache_ok else "unreachable"},
         "policy_version": deps.live.version,
         "policy_reload_error": deps.holder.last_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),

@@ -186,6 +186,10 @@ class Cache(Protocol):
 
     async def unlock(self, key: str, token: str) -> None: ...
 
+    async def reachable(self) -> bool:
+        """For /readyz: whether the backend answers now."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -247,6 +251,9 @@ class MemoryCache:
     async def unlock(self, key: str, token: str) -> None:
         if self._locks.get(key, ("", 0.0))[0] == token:
             del self._locks[key]
+
+    async def reachable(self) -> bool:
+        return True
 
     async def aclose(self) -> None:
         self._entries.clear()
@@ -338,6 +345,13 @@ class RedisCache:
             await self._client.eval(_UNLOCK, 1, key + ":lock", token)
 
         await self._guard(unlock, None)
+
+    async def reachable(self) -> bool:
+        """A ping that bypasses the breaker, so readiness reports a recovery at once."""
+        try:
+            return bool(await self._client.ping())
+        except Exception:  # the cache is an optimisation: report it, never raise
+            return False
 
     async def aclose(self) -> None:
         await self._client.aclose()

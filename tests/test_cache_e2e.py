@@ -377,3 +377,23 @@ def test_a_redis_outage_never_fails_a_request_and_hits_come_back(
     messages_logged = [r.getMessage() for r in caplog.records if r.name == "flashpro.cache"]
     assert sum("unavailable" in m for m in messages_logged) == 1
     assert sum("recovered" in m for m in messages_logged) == 1
+
+
+def test_readiness_reports_an_unreachable_redis_and_its_return(
+    simulator: RunningSimulator, redis_server: RedisServer, upstream_env: None
+) -> None:
+    with flashpro_with(simulator, RedisCache(redis_server.url, timeout_s=0.5)) as url:
+        ready = httpx.get(url + "/readyz").json()
+        assert (ready["status"], ready["checks"]["cache"]) == ("ready", "ok")
+        redis_server.stop()
+        try:
+            down = httpx.get(url + "/readyz")
+            assert down.status_code == 200  # still serving, without the cache
+            assert (down.json()["status"], down.json()["checks"]["cache"]) == (
+                "degraded",
+                "unreachable",
+            )
+        finally:
+            redis_server.start()
+        back = httpx.get(url + "/readyz").json()
+        assert back["checks"]["cache"] == "ok"
