@@ -27,13 +27,10 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 import redis.asyncio
-from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from router.policy import CachePolicy, Policy, Tier
-from router.redis_url import parse_redis_url
 from router.schemas import ChatRequest
+from router.store import connect_redis
 
 CacheStatus = Literal["hit", "miss", "bypass"]
 T = TypeVar("T")
@@ -451,48 +448,6 @@ async def _follow(flight: _Flight, deadline: float) -> Entry | None:
     except TimeoutError:
         return None
     return flight.entry
-
-
-def connect_redis(url: str, timeout_s: float) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
-    """A client for REDIS_URL: one server, a Sentinel-watched master, or a Cluster (see
-    router/redis_url.py). No retries: a retry would double the worst case; the next request
-    retries."""
-    target = parse_redis_url(url)
-    retry = Retry(NoBackoff(), 0)
-    if target.kind == "single":
-        return redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=retry,
-            health_check_interval=0,
-        )
-    if target.kind == "cluster":
-        return redis.asyncio.RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
-            username=target.username,
-            password=target.password,
-            ssl=target.tls,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=retry,
-        )
-    timeouts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-    sentinels = redis.asyncio.Sentinel(  # type: ignore[no-untyped-call]
-        list(target.hosts),
-        sentinel_kwargs={"password": target.sentinel_password, **timeouts},
-        **timeouts,
-    )
-    master: redis.asyncio.Redis = sentinels.master_for(
-        target.service or "",
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        ssl=target.tls,
-        retry=retry,
-        **timeouts,
-    )
-    return master
 
 
 def open_cache(redis_url: str | None, rules: CachePolicy) -> ResponseCache:

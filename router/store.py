@@ -1,4 +1,5 @@
-"""Shared live state in Redis: the spend ledger and the strong-tier share window. Does I/O.
+"""Redis connections, and the state shared through them: the spend ledger, the strong-tier
+share window and rate counters. Does I/O.
 
 Every flashpro process on one Redis shares one ledger: spend is added with INCRBYFLOAT on a day
 and a month key per scope (with expiry) in one MULTI transaction, so concurrent processes never
@@ -12,18 +13,64 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from router.cache import connect_redis
 from router.controls import MemoryLedger, MemoryShareWindow, periods
 from router.ratelimit import MemoryCounter
+from router.redis_url import parse_redis_url
 
 _PREFIX = "flashpro:v1"
 _DAY_S = 2 * 86_400  # a day key outlives its day, so late readers near midnight still see it
 _MONTH_S = 32 * 86_400
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def connect_redis(url: str, timeout_s: float) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """A client for REDIS_URL: one server, a Sentinel-watched master, or a Cluster (see
+    router/redis_url.py). No retries: a retry would double the worst case; the next request
+    retries."""
+    target = parse_redis_url(url)
+    retry = Retry(NoBackoff(), 0)
+    if target.kind == "single":
+        return redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+            health_check_interval=0,
+        )
+    if target.kind == "cluster":
+        return redis.asyncio.RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+        )
+    timeouts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinels = redis.asyncio.Sentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts),
+        sentinel_kwargs={"password": target.sentinel_password, **timeouts},
+        **timeouts,
+    )
+    master: redis.asyncio.Redis = sentinels.master_for(
+        target.service or "",
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        retry=retry,
+        **timeouts,
+    )
+    return master
 
 
 def connect(url: str, timeout_s: float = 0.25) -> redis.asyncio.Redis:
