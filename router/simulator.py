@@ -29,14 +29,12 @@ from router.simulator_text import (
     SimError,
     check_context,
     check_reasoning_passed_back,
-    completion_json,
     generate_choices,
     output_digest,
     parse_chat_request,
     parse_fault,
-    stream_events,
-    usage_json,
 )
+from router.simulator_wire import completion_json, stream_events, usage_json
 
 _CHAT_PATHS: Final = frozenset(
     {"/chat/completions", "/v1/chat/completions", "/beta/chat/completions"}

@@ -1,6 +1,6 @@
-"""The simulated DeepSeek model: parse a request, derive its answer, shape the JSON. Pure: no I/O.
+"""The simulated DeepSeek model: parse a request and derive its answer. Pure: no I/O.
 
-`router/simulator.py` serves this over HTTP. Answers are a function of the request body, so the same
+`router/simulator.py` serves this over HTTP, shaped by `router/simulator_wire.py`. Answers are a function of the request body, so the same
 request always gets the same answer, reasoning, tool call and token counts (ids and timestamps aside).
 """
 
@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import random
 import re
-import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -32,7 +29,7 @@ _REASONING_SCALE: Final[Mapping[Effort, float]] = MappingProxyType(
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 _MAX_OUTPUT_TOKENS: Final = 393_216
 _MAX_CHOICES: Final = 16
-_CHARS_PER_TOKEN: Final = 4
+CHARS_PER_TOKEN: Final = 4
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
 _MARKER: Final = re.compile(r"\[\[sim:([a-z_]+)=([0-9.]+)\]\]")
 # Fault fields by the names markers and `POST /_sim/faults` use (either spelling works in both).
@@ -179,7 +176,7 @@ class Choice:
 
 def count_tokens(text: str | bytes) -> int:
     """Approximate tokens: about four characters each."""
-    return (len(text) + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
 def output_digest(prefix_digest: bytes, choice: Choice) -> bytes:
@@ -273,16 +270,16 @@ def _truncated(
     if budget is None:
         return Choice(reasoning, content, call, finish)
     if reasoning and count_tokens(reasoning) >= budget:
-        return Choice(reasoning[: budget * _CHARS_PER_TOKEN], "", None, "length")
+        return Choice(reasoning[: budget * CHARS_PER_TOKEN], "", None, "length")
     left = budget - (count_tokens(reasoning) if reasoning else 0)
     if count_tokens(content) > left:
-        return Choice(reasoning, content[: left * _CHARS_PER_TOKEN], None, "length")
+        return Choice(reasoning, content[: left * CHARS_PER_TOKEN], None, "length")
     return Choice(reasoning, content, call, finish)
 
 
 def _sentences(rng: random.Random, tokens: int) -> str:
     """Whole pseudo-sentences adding up to about `tokens` tokens."""
-    target, bank = tokens * _CHARS_PER_TOKEN, _sentence_bank()
+    target, bank = tokens * CHARS_PER_TOKEN, _sentence_bank()
     parts: list[str] = []
     size = 0
     while size < target:
@@ -477,81 +474,3 @@ def check_context(request: ChatRequest, prompt_tokens: int, limit: int) -> None:
             f"{prompt_tokens + completion} tokens ({prompt_tokens} in the messages, {completion} "
             "in the completion). Please reduce the length of the messages or completion.",
         )
-
-
-def completion_json(request: ChatRequest, choices: Sequence[Choice], usage: object) -> bytes:
-    """A non-streaming `chat.completion` body."""
-    body = _head(request.model, "chat.completion")
-    body["choices"] = [_choice_json(i, c) for i, c in enumerate(choices)]
-    body["usage"] = usage
-    return orjson.dumps(body)
-
-
-def stream_events(
-    request: ChatRequest, choices: Sequence[Choice], usage: object, chunk_tokens: int
-) -> Iterator[tuple[bytes, int]]:
-    """(SSE event, tokens it carries) for all choices, interleaved as OpenAI does; no [DONE]."""
-    # The envelope is the same for every chunk: serialise it once, splice each choice in.
-    head = orjson.dumps(_head(request.model, "chat.completion.chunk"))[:-1] + b',"choices":['
-    per_choice = [_deltas(i, c, chunk_tokens * _CHARS_PER_TOKEN) for i, c in enumerate(choices)]
-    for step in itertools.zip_longest(*per_choice):
-        for choice, tokens in filter(None, step):
-            yield b"data: " + head + orjson.dumps(choice) + b"]}\n\n", tokens
-    if request.include_usage:
-        yield b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n", 0
-
-
-def usage_json(prompt_tokens: int, hit: int, choices: Sequence[Choice]) -> dict[str, object]:
-    completion = sum(c.completion_tokens() for c in choices)
-    reasoning = sum(c.reasoning_tokens() for c in choices)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": hit},
-        "completion_tokens_details": {"reasoning_tokens": reasoning},
-        "prompt_cache_hit_tokens": hit,
-        "prompt_cache_miss_tokens": prompt_tokens - hit,
-    }
-
-
-def _head(model: str, kind: str) -> dict[str, object]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "fp_flashpro_sim",
-    }
-
-
-def _choice_json(index: int, choice: Choice) -> dict[str, object]:
-    message: dict[str, object] = {"role": "assistant", "content": choice.content}
-    if choice.reasoning is not None:
-        message["reasoning_content"] = choice.reasoning
-    if (call := choice.tool_call) is not None:
-        function = {"name": call.name, "arguments": call.arguments}
-        message["tool_calls"] = [{"id": call.id, "type": "function", "function": function}]
-    finish = choice.finish_reason
-    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
-
-
-def _deltas(index: int, choice: Choice, size: int) -> Iterator[tuple[dict[str, object], int]]:
-    """One choice as stream deltas: reasoning, then content or a tool call, then the finish."""
-    pieces: list[tuple[dict[str, object], str]] = []  # (delta, the text it carries)
-    for key, text in (("reasoning_content", choice.reasoning or ""), ("content", choice.content)):
-        pieces += (
-            ({key: text[i : i + size]}, text[i : i + size]) for i in range(0, len(text), size)
-        )
-    if (call := choice.tool_call) is not None:
-        start = {"index": 0, "id": call.id, "type": "function"}
-        pieces.append(({"tool_calls": [{**start, "function": {"name": call.name}}]}, call.name))
-        for i in range(0, len(call.arguments), size):
-            part = call.arguments[i : i + size]
-            pieces.append(({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, part))
-    pieces = pieces or [({"content": ""}, "")]
-    pieces[0] = ({"role": "assistant", **pieces[0][0]}, pieces[0][1])
-    for delta, text in pieces:
-        chunk = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
-        yield chunk, count_tokens(text)
-    yield {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}, 0
