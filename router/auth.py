@@ -8,16 +8,11 @@ different secret: it is never compared, echoed or logged here.
 
 from __future__ import annotations
 
-import hashlib
-
-from router.controls import Caller
+from router.controls import Caller, key_digest
 from router.errors import Unauthorized
 from router.policy import Policy
 
-
-def key_digest(token: str) -> str:
-    """What a policy's `keys:` holds for a client key: its sha256 hex digest."""
-    return hashlib.sha256(token.encode()).hexdigest()
+__all__ = ["authorize", "key_digest"]
 
 
 def authorize(policy: Policy, caller: Caller) -> None:

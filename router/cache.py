@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import orjson
 import redis.asyncio
 
+from router.controls import bearer_digest
 from router.policy import CachePolicy, Policy, Tier
 from router.schemas import ChatRequest
 from router.store import connect_redis
@@ -114,11 +115,9 @@ def cache_key(namespace: str, digest: bytes, tier_name: str, tier: Tier) -> str:
 
 def namespace_of(authorization: str | None, tenants: Mapping[str, str]) -> str:
     """The caller's namespace: its tenant, else a hash of its bearer key, else `anonymous`."""
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    digest = bearer_digest(authorization)
+    if digest is None:
         return "anonymous"
-    digest = hashlib.sha256(token.encode()).hexdigest()
     tenant = tenants.get(digest)
     if tenant is not None:
         return "tenant:" + hashlib.sha256(tenant.encode()).hexdigest()[:32]

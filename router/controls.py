@@ -26,14 +26,18 @@ LATENCY_HEADER = "x-flashpro-max-latency-ms"
 log = logging.getLogger("flashpro.controls")
 
 
+def key_digest(token: str) -> str:
+    """What a policy's `keys:` holds for a client key: its sha256 hex digest."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def bearer_digest(authorization: str | None) -> str | None:
-    """sha256 hex of the bearer token (router/cache.py's namespace_of keeps only 32 hex digits
-    and folds in cache tenants, so policy `keys:` use the full digest from here)."""
+    """The digest of an `Authorization: Bearer <key>` header's key; None without one."""
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
-    return hashlib.sha256(token.encode()).hexdigest()
+    return key_digest(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,7 @@ def group_of(policy: Policy, key: str | None, environ: Mapping[str, str]) -> str
         return policy.keys[key]
     for env_name, group in policy.key_env.items():
         secret = environ.get(env_name)
-        if secret and hashlib.sha256(secret.encode()).hexdigest() == key:
+        if secret and key_digest(secret) == key:
             return group
     return None
 

@@ -4,7 +4,7 @@ off-peak prices, with their cross-reference checks. Pure: no I/O."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -221,10 +221,15 @@ class Limits(_Strict):
 
     @model_validator(mode="after")
     def _hashes(self) -> Limits:
-        for digest in self.keys:
-            if not _HEX64.match(digest):
-                raise ValueError(f"keys: '{digest}' is not a lower-case sha256 hex digest")
+        check_key_digests("keys", self.keys)
         return self
+
+
+def check_key_digests(field: str, digests: Iterable[str]) -> None:
+    """Client keys appear in a policy only as lower-case sha256 hex digests."""
+    for digest in digests:
+        if not _HEX64.match(digest):
+            raise ValueError(f"{field}: '{digest}' is not a lower-case sha256 hex digest")
 
 
 def limit_problems(

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from router.limits import Limits, limit_problems
+from router.limits import Limits, check_key_digests, limit_problems
 
 Thinking = Literal["enabled", "disabled"]
 Effort = Literal["low", "high", "max"]
@@ -193,9 +193,7 @@ class CachePolicy(_Strict):
 
     @model_validator(mode="after")
     def _tenant_keys_are_hashes(self) -> CachePolicy:
-        for digest in self.tenants:
-            if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
-                raise ValueError(f"tenants: '{digest}' is not a lower-case sha256 hex digest")
+        check_key_digests("tenants", self.tenants)
         return self
 
 

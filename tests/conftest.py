@@ -33,6 +33,32 @@ from router.simulator import (
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 
+# Fields a hostile client may send to redirect the upstream call; none may reach it.
+HOSTILE_FIELDS: dict[str, object] = {
+    "api_base": "http://127.0.0.2:9/evil",
+    "base_url": "http://127.0.0.2:9/evil",
+    "api_key": "sk-client-chosen-000000",
+    "custom_llm_provider": "openai",
+    "extra_headers": {"x-evil": "1"},
+    "headers": {"x-evil": "1"},
+    "timeout": 0.001,
+    "metadata": {"a": 1},
+    "fallbacks": ["gpt-4o"],
+}
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

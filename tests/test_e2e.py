@@ -19,20 +19,7 @@ from router.policy import load_policy
 from router.reasoning import ReasoningMemory
 from router.simulator import RunningSimulator
 from router.upstream import LiteLLMUpstream
-from tests.conftest import UPSTREAM_KEY, serve_app, settings_for
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, WEATHER_TOOL, serve_app, settings_for
 
 
 def client(base: str) -> openai.OpenAI:
@@ -205,13 +192,7 @@ def test_parameters_pass_through_and_transport_fields_do_not(
         "seed": 7,
         "user": "u-1",
         "response_format": {"type": "json_object"},
-        "api_base": "http://127.0.0.2:9/evil",
-        "base_url": "http://127.0.0.2:9/evil",
-        "api_key": "sk-client-chosen",
-        "custom_llm_provider": "openai",
-        "extra_headers": {"x-evil": "1"},
-        "headers": {"x-evil": "1"},
-        "metadata": {"a": 1},
+        **HOSTILE_FIELDS,
     }
     response = httpx.post(flashpro + "/v1/chat/completions", json=body, timeout=10)
     assert response.status_code == 200, response.text
@@ -222,15 +203,7 @@ def test_parameters_pass_through_and_transport_fields_do_not(
     # `user` reaches litellm too, which keeps it as call metadata: DeepSeek's API has no such field.
     for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "response_format"):
         assert sent[name] == body[name], name
-    for name in (
-        "api_base",
-        "base_url",
-        "api_key",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "metadata",
-    ):
+    for name in HOSTILE_FIELDS:
         assert name not in sent, name
     assert "x-evil" not in received.headers
     json.loads(response.json()["choices"][0]["message"]["content"])  # json_object honoured

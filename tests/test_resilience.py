@@ -30,7 +30,7 @@ from router.policy import load_policy
 from router.resilience import Resilience, Trail, chain, delay_s
 from router.simulator import RunningSimulator
 from router.upstream import Chunk, Completion, Upstream, UpstreamCall
-from tests.conftest import UPSTREAM_KEY, serve_app, settings_for
+from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, serve_app, settings_for
 from tests.fault_policy import write_policy
 
 POLICY, _ = load_policy(None)
@@ -313,22 +313,13 @@ def test_transport_fields_stay_out_of_the_fallback_call(
 ) -> None:
     base, _ = resilient
     queue(sim, count=2, model="deepseek-v4-pro", status=429)
-    hostile = {
-        "api_base": "http://127.0.0.2:9/evil",
-        "base_url": "http://127.0.0.2:9/evil",
-        "api_key": "sk-client-chosen-000000",
-        "extra_headers": {"x-evil": "1"},
-        "custom_llm_provider": "openai",
-        "fallbacks": ["gpt-4o"],
-        "timeout": 0.001,
-    }
-    response = chat(base, "pro-max", "hostile", **hostile)
+    response = chat(base, "pro-max", "hostile", **HOSTILE_FIELDS)
     assert response.status_code == 200 and response.headers["x-flashpro-tier"] == "pro"
     for received in sim.requests():
         assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
         assert "x-evil" not in received.headers
         assert received.body is not None
-        assert not set(hostile) & set(received.body)
+        assert not set(HOSTILE_FIELDS) & set(received.body)
 
 
 @dataclass

@@ -23,17 +23,10 @@ from router.schemas import ChatRequest
 from router.simulator import RunningSimulator
 from router.transport import ByProvider, DirectUpstream, open_upstream, request_body
 from router.upstream import Chunk, Completion, LiteLLMUpstream, Upstream, UpstreamCall
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, WEATHER_TOOL
 
 T = TypeVar("T")
 TRANSPORTS = ("direct", "litellm")
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 def make(transport: str) -> Upstream:
@@ -340,14 +333,7 @@ def test_client_fields_never_reach_transport_settings(
             "model": "flash",
             "messages": [{"role": "user", "content": "hi"}],
             "temperature": 0.5,
-            "api_base": "http://127.0.0.2:9/evil",
-            "base_url": "http://127.0.0.2:9/evil",
-            "api_key": "sk-client-chosen-123456",
-            "custom_llm_provider": "openai",
-            "extra_headers": {"x-evil": "1"},
-            "headers": {"x-evil": "1"},
-            "timeout": 0.001,
-            "metadata": {"a": 1},
+            **HOSTILE_FIELDS,
         }
     )
     c = call(sim, params=request.upstream_params())
@@ -357,16 +343,7 @@ def test_client_fields_never_reach_transport_settings(
     assert "x-evil" not in received.headers
     body = sent_body(sim)
     assert body["temperature"] == 0.5
-    for name in (
-        "api_base",
-        "base_url",
-        "api_key",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "timeout",
-        "metadata",
-    ):
+    for name in HOSTILE_FIELDS:
         assert name not in body, name
 
 
