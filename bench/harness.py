@@ -132,6 +132,7 @@ class Load:
     cpu_pct: float | None = None  # of the measured server process tree; 100 = one core
 
 
+VARY = "@N@"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -150,10 +151,27 @@ def wrk(
     headers: dict[str, str] | None = None,
     server_pid: int | None = None,
 ) -> Load:
-    """POST `body` over `connections` keep-alive connections for `seconds` (one wrk thread)."""
+    """POST `body` over `connections` keep-alive connections for `seconds` (one wrk thread,
+    two beyond 16 connections). A `VARY` marker in the body becomes a different number in
+    every request."""
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body.decode()}]==]"]
     for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
+    if VARY.encode() in body:
+        head, _, tail = body.decode().partition(VARY)
+        lines += [
+            "local threads = 0",
+            "function setup(thread)",  # each wrk thread numbers from its own offset
+            "  threads = threads + 1",
+            "  thread:set('offset', threads * 1000000000)",
+            "end",
+            "counter = 0",
+            "request = function()",
+            "  counter = counter + 1",
+            "  local n = (offset or 0) + counter",
+            f"  return wrk.format(nil, nil, nil, [==[{head}]==] .. n .. [==[{tail}]==])",
+            "end",
+        ]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     threads = 1 if connections <= 16 else 2

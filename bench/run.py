@@ -34,6 +34,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ROOT,
+    VARY,
     Load,
     cpu_seconds,
     free_port,
@@ -48,6 +49,9 @@ KEY = "sk-bench-upstream-0123456789"
 BENCH_VENV = ROOT / ".bench-venv"
 PYTHON = sys.executable
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# every non-cached request differs (wrk numbers the marker), as real traffic does: no target
+# may answer from a memo of an identical body
+NUMBERED = [{"role": "user", "content": f"Question {VARY}: what is the capital of France?"}]
 PROOF = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
 ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
 
@@ -58,9 +62,9 @@ def body(**fields: Any) -> bytes:
 
 # What each target is asked: the same question, the same upstream model (Flash, no thinking).
 PLAIN = {
-    "direct": body(model="deepseek-v4-flash", messages=QUESTION, thinking={"type": "disabled"}),
-    "flashpro": body(model="flash", messages=QUESTION),
-    "litellm": body(model="flash", messages=QUESTION),
+    "direct": body(model="deepseek-v4-flash", messages=NUMBERED, thinking={"type": "disabled"}),
+    "flashpro": body(model="flash", messages=NUMBERED),
+    "litellm": body(model="flash", messages=NUMBERED),
 }
 CACHEABLE = body(model="flash", messages=QUESTION, temperature=0)
 STREAM = {

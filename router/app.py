@@ -15,13 +15,14 @@ from starlette.exceptions import HTTPException
 
 from router.api import api, json_response, request_id_of
 from router.cache import open_cache
+from router.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.classify import load_classifier
 from router.controls import open_controls
 from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
 from router.logs import configure_access_log
 from router.monitor import monitor
 from router.observe import Observer
-from router.pipeline import Deps, Routing, observe
+from router.pipeline import Deps, Routing
 from router.policy import Policy, load_policy
 from router.ratelimit import open_rate_limiter
 from router.reasoning import ReasoningMemory
@@ -51,7 +52,20 @@ def build_deps(settings: Settings) -> Deps:
     )
 
 
-def create_app(settings: Settings | None = None, deps: Deps | None = None) -> FastAPI:
+class FlashproApp(FastAPI):
+    """FastAPI for every endpoint but the hot one: chat completions go straight to their bare
+    ASGI handler (router/chat.py), past the framework's routing and response layers."""
+
+    chat: ChatEndpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
+            await self.chat(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, deps: Deps | None = None) -> FlashproApp:
     """The flashpro app. Tests pass their own `deps`; production builds them at start-up."""
     settings = settings or Settings()
 
@@ -77,7 +91,8 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fa
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()
 
-    app = FastAPI(title="flashpro", version="0.1.0", lifespan=lifespan)
+    app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
+    app.chat = ChatEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)
@@ -89,7 +104,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fa
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> FlashproApp:
     """uvicorn factory (`router.app:app_from_env`), used so `--workers N` can re-create the app."""
     settings = Settings()
     if settings.access_log:  # in the factory: every worker process sets up its own logging
@@ -97,17 +112,7 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def _observe_failure(request: Request, status: int, code: str | None) -> None:
-    """A chat request that ended in an error still gets its metrics and its log line."""
-    deps = getattr(request.app.state, "deps", None)
-    if deps is None or not request.url.path.endswith("/chat/completions"):
-        return
-    routed = getattr(request.state, "routed", None)
-    observe(deps, routed, request_id=request_id_of(request), status=status, error=code or "error")
-
-
 async def _flashpro_error(request: Request, exc: FlashproError) -> Response:
-    _observe_failure(request, exc.status, exc.code)
     headers = {**exc.headers, "x-flashpro-request-id": request_id_of(request)}
     if exc.status >= 500:
         log.warning("request %s failed: %s", headers["x-flashpro-request-id"], exc.message)
@@ -128,5 +133,4 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     rid = request_id_of(request)
     log.exception("request %s: unexpected error", rid, exc_info=exc)
-    _observe_failure(request, 500, "internal_error")
     return json_response(internal_error_envelope(rid), 500, {"x-flashpro-request-id": rid})

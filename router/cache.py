@@ -151,11 +151,15 @@ def plan_for(
     read, write = directives(headers.get("cache-control"))
     if not (read or write):
         return BYPASS
-    names = list(policy.tiers)
-    servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
-    digest = request_digest(request)
     namespace = namespace_of(headers.get("authorization"), rules.tenants)
-    keys = tuple(cache_key(namespace, digest, name, policy.tiers[name]) for name in servers)
+
+    def keys_of(request: ChatRequest) -> tuple[str, ...]:
+        names = list(policy.tiers)
+        servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
+        digest = request_digest(request)
+        return tuple(cache_key(namespace, digest, name, policy.tiers[name]) for name in servers)
+
+    keys = request.derived(f"cache-keys:{id(policy)}:{tier}:{namespace}", keys_of)
     return CachePlan(
         keys, read, write, rules.ttl_seconds, rules.max_entry_bytes, rules.coalesce_wait_seconds
     )

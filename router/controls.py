@@ -4,6 +4,7 @@ Redis ones (shared by every flashpro process) live in router/store.py."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -31,6 +32,7 @@ def key_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)  # every request hashes its key twice (limits, cache)
 def bearer_digest(authorization: str | None) -> str | None:
     """The digest of an `Authorization: Bearer <key>` header's key; None without one."""
     scheme, _, token = (authorization or "").strip().partition(" ")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -143,6 +143,14 @@ class Metrics:
             registry=r,
         )
         self.started.set(time.time())
+        self._children: dict[tuple[str, ...], Any] = {}  # label lookups cost more than an inc
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_done(self, record: RequestRecord) -> None:
         decision = record.decision
@@ -150,16 +158,15 @@ class Metrics:
         tier = decision.tier if decision else "-"
         rule = decision.rule if decision else "-"
         tenant = (record.group or "") if record.options.tenant_labels else ""
-        self.requests.labels(
-            alias, tier, rule, status_class(record.status), record.error or "", tenant
-        ).inc()
+        status = status_class(record.status)
+        self._child(self.requests, alias, tier, rule, status, record.error or "", tenant).inc()
         if decision is None or record.status >= 400:
             return
-        self.cache.labels(tier, record.cache).inc()
+        self._child(self.cache, tier, record.cache).inc()
         if record.upstream_ms is not None:
-            self.upstream_latency.labels(tier).observe(record.upstream_ms / 1000)
+            self._child(self.upstream_latency, tier).observe(record.upstream_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(tier).observe(record.ttft_ms / 1000)
+            self._child(self.ttft, tier).observe(record.ttft_ms / 1000)
         usage = record.usage
         if record.cache != "hit":
             for kind, count in zip(
@@ -173,13 +180,13 @@ class Metrics:
                 strict=True,
             ):
                 if count:
-                    self.tokens.labels(tier, kind).inc(count)
+                    self._child(self.tokens, tier, kind).inc(count)
         if record.cost_usd > 0:
-            self.spend.labels(tier).inc(record.cost_usd)
+            self._child(self.spend, tier).inc(record.cost_usd)
         if record.baseline_usd > 0:
-            self.baseline.labels(tier).inc(record.baseline_usd)
+            self._child(self.baseline, tier).inc(record.baseline_usd)
         if record.savings_usd > 0:  # a counter only grows; Pro-Max can cost more than Pro
-            self.savings.labels(tier).inc(record.savings_usd)
+            self._child(self.savings, tier).inc(record.savings_usd)
 
     def fallback(self, from_tier: str, to_tier: str, reason: str) -> None:
         """A request moved to another tier (reason: a short fixed word, e.g. timeout, 5xx)."""

@@ -3,6 +3,8 @@ access log, the dashboard's rolling aggregates and the decision log. I/O only th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 from router.cost import Usage, cost_usd
 from router.decide import Decision
 from router.decisions import DecisionLog
-from router.logs import access_line, emit
+from router.logs import FLUSH_S, access_line, emit, flush_access_log
 from router.metrics import Metrics
 from router.policy import Observability, Policy
 from router.rolling import Rolling
@@ -144,9 +146,23 @@ class Observer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Flush the decision log in the background while the app serves; flush at the end."""
-        if self.decision_log is None:
-            yield
-            return
-        async with self.decision_log.flushing():
-            yield
+        """Flush the access and decision logs in the background while the app serves, and once
+        more at the end."""
+        flusher = asyncio.ensure_future(_flush_access_log_every(FLUSH_S))
+        try:
+            if self.decision_log is None:
+                yield
+            else:
+                async with self.decision_log.flushing():
+                    yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            flush_access_log()
+
+
+async def _flush_access_log_every(seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        flush_access_log()

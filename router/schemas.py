@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+T = TypeVar("T")
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -108,6 +111,15 @@ class ChatRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
+    _derived: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def derived(self, name: str, derive: Callable[[ChatRequest], T]) -> T:
+        """`derive(self)`, computed once per request object (requests are never mutated, and
+        router/chat.py hands one parsed object to every identical body it sees)."""
+        memo: dict[str, Any] = self.__pydantic_private__["_derived"]  # type: ignore[index]
+        if name not in memo:
+            memo[name] = derive(self)
+        return cast(T, memo[name])
 
     @field_validator("tools")
     @classmethod
