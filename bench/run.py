@@ -52,7 +52,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # every non-cached request differs (wrk numbers the marker), as real traffic does: no target
 # may answer from a memo of an identical body
 NUMBERED = [{"role": "user", "content": f"Question {VARY}: what is the capital of France?"}]
-PROOF = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
+PROOF = [{"role": "user", "content": f"Prove that there are infinitely many primes ({VARY})."}]
 ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
 
 

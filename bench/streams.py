@@ -17,6 +17,7 @@ import time
 from urllib.parse import urlsplit
 
 _MARK = b"data: "
+VARY = b"@N@"  # as bench/harness.py
 
 
 async def one(
@@ -60,11 +61,12 @@ def percentile(values: list[float], q: float) -> float:
 async def main(url: str, n: int, body: bytes, bearer: str) -> dict[str, object]:
     parts = urlsplit(url)
     start = asyncio.Event()
-    tasks = [
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    tasks = [  # a VARY marker in the body becomes the stream's number: no two streams alike
         asyncio.create_task(
-            one(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, body, bearer, start)
+            one(host, port, parts.path, body.replace(VARY, b"%d" % i), bearer, start)
         )
-        for _ in range(n)
+        for i in range(n)
     ]
     began = time.perf_counter()
     start.set()
