@@ -50,10 +50,11 @@ classifier: setup
 	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl
 
 # Side by side: the upstream alone, flashpro (transports, workers, two processes behind nginx),
-# LiteLLM's proxy (from a benchmark-only venv, .bench-venv); needs wrk (apt-get install wrk nginx).
+# LiteLLM's proxy (from a benchmark-only venv, .bench-venv); installs wrk and nginx with apt-get
+# when missing (as root).
 # BENCH_ARGS="--streams 200 --seconds 4" for a quicker run.
 bench: setup
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/flashpro bench $(BENCH_ARGS)
 
 # Mixed streaming and whole requests with injected faults against a real `flashpro serve`
 # (about 3 minutes): requests sent, answered, failed properly, lost (must be 0), and RSS.

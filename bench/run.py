@@ -336,18 +336,29 @@ def check_cache_hit(url: str) -> None:
         raise RuntimeError(f"expected a cache hit, got {response.headers.get('x-flashpro-cache')}")
 
 
+def install_missing(tools: tuple[str, ...]) -> None:
+    """On a fresh Debian machine, install the load tool and servers with apt-get (as root);
+    elsewhere say what is missing (nginx and redis-server only skip the balanced run)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing or shutil.which("apt-get") is None or os.geteuid() != 0:
+        return
+    print(f"installing {', '.join(missing)} with apt-get", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="flashpro bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8, help="wrk duration per measurement")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
     parser.add_argument("--no-litellm-proxy", action="store_true", help="skip LiteLLM's proxy")
     parser.add_argument("--no-streams", action="store_true", help="skip the streaming part")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     args = parser.parse_args()
-    for tool in ("wrk",):
-        if shutil.which(tool) is None:
-            print(f"{tool} is required: apt-get install -y {tool}")
-            return 2
+    install_missing(("wrk", "nginx", "redis-server"))
+    if shutil.which("wrk") is None:
+        print("wrk is required: apt-get install -y wrk")
+        return 2
     seconds = args.seconds
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -159,7 +159,7 @@ def plan_for(
         digest = request_digest(request)
         return tuple(cache_key(namespace, digest, name, policy.tiers[name]) for name in servers)
 
-    keys = request.derived(f"cache-keys:{id(policy)}:{tier}:{namespace}", keys_of)
+    keys = request.derived(f"cache-keys:{tier}:{namespace}", keys_of, policy)
     return CachePlan(
         keys, read, write, rules.ttl_seconds, rules.max_entry_bytes, rules.coalesce_wait_seconds
     )

@@ -1,4 +1,5 @@
-"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score. I/O."""
+"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score, stats,
+bench. I/O."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["bench"]:  # every flag, --help included, belongs to bench/run.py
+        return run_bench(given[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -87,7 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stats_arguments(stats)
     stats.set_defaults(handler=run_stats)
+
+    commands.add_parser(  # listed for --help; main() hands its arguments to bench/run.py
+        "bench",
+        help="side-by-side benchmark: the upstream alone, flashpro, LiteLLM's proxy (from a "
+        "source checkout; needs wrk and nginx)",
+    )
     return parser
+
+
+def bench_script() -> Path:
+    """bench/run.py of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+
+def run_bench(args: Sequence[str]) -> int:
+    script = bench_script()
+    if not script.is_file():
+        print(
+            f"flashpro: {script} not found: the benchmark runs from a source checkout "
+            "(git clone, pip install -e .), not from an installed wheel.",
+            file=sys.stderr,
+        )
+        return 2
+    import subprocess
+
+    return subprocess.call([sys.executable, str(script), *args])
 
 
 def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -136,7 +136,7 @@ def route(
     routing: Routing | None = None,
 ) -> Routed:
     """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
-    assessment = request.derived(f"assessment:{id(deps.classifier)}", deps.classifier.assess)
+    assessment = request.derived("assessment", deps.classifier.assess, deps.classifier)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     routing = routing or deps.live
     decision = decide(routing.policy, routing.thresholds, facts, assessment, state)

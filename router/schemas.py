@@ -113,13 +113,15 @@ class ChatRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     _derived: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    def derived(self, name: str, derive: Callable[[ChatRequest], T]) -> T:
-        """`derive(self)`, computed once per request object (requests are never mutated, and
-        router/chat.py hands one parsed object to every identical body it sees)."""
-        memo: dict[str, Any] = self.__pydantic_private__["_derived"]  # type: ignore[index]
-        if name not in memo:
-            memo[name] = derive(self)
-        return cast(T, memo[name])
+    def derived(self, name: str, derive: Callable[[ChatRequest], T], owner: object = None) -> T:
+        """`derive(self)`, computed once per request object and `owner` (the classifier or policy
+        the value depends on; another owner recomputes it). Requests are never mutated, and
+        router/chat.py hands one parsed object to every identical body it sees."""
+        memo: dict[str, tuple[object, Any]] = self.__pydantic_private__["_derived"]  # type: ignore[index]
+        slot = memo.get(name)
+        if slot is None or slot[0] is not owner:
+            slot = memo[name] = (owner, derive(self))
+        return cast(T, slot[1])
 
     @field_validator("tools")
     @classmethod

@@ -3,6 +3,7 @@ error table every transport shares. I/O."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -78,7 +79,9 @@ class LiteLLMUpstream:
         litellm.telemetry = False
 
     def _kwargs(self, call: UpstreamCall) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(call.params)
+        # a copy: litellm may edit what it is given, and one parsed request can serve many
+        # identical bodies (router/chat.py)
+        kwargs: dict[str, Any] = copy.deepcopy(dict(call.params))
         kwargs.update(
             model=call.model,
             messages=call.messages,

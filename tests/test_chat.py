@@ -66,6 +66,9 @@ def test_derived_values_are_computed_once_per_request_object() -> None:
 
     assert request.derived("n", derive) == request.derived("n", derive) == 1
     assert len(calls) == 1
+    owner = object()
+    assert request.derived("n", derive, owner) == request.derived("n", derive, owner) == 1
+    assert len(calls) == 2  # another owner (a reloaded policy, another classifier) recomputes
     assert request.model_dump()["messages"][0]["content"] == "hi"  # not a field of the request
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import openai
 import pytest
 
+from router import cli
 from router.cli import main
 from tests.conftest import flashpro_process
 
@@ -64,3 +66,24 @@ def test_route_command_explains_a_decision(capsys: pytest.CaptureFixture[str]) -
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def test_bench_hands_its_arguments_to_the_benchmark_script() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "bench", "--help"],
+        env=env_without_key(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: flashpro bench")
+    assert "--streams" in result.stdout and "--no-litellm-proxy" in result.stdout
+
+
+def test_bench_outside_a_source_checkout_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "bench_script", lambda: tmp_path / "bench" / "run.py")
+    assert main(["bench"]) == 2
+    assert "source checkout" in capsys.readouterr().err
