@@ -134,13 +134,15 @@ def route(
     headers: Mapping[str, str],
     state: RoutingState = NO_STATE,
     routing: Routing | None = None,
+    caller: Caller | None = None,
+    request_id: str = "",
 ) -> Routed:
     """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
     assessment = request.derived("assessment", deps.classifier.assess, deps.classifier)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     routing = routing or deps.live
     decision = decide(routing.policy, routing.thresholds, facts, assessment, state)
-    return Routed(request, assessment, decision, routing)
+    return Routed(request, assessment, decision, routing, caller or Caller(), headers, request_id)
 
 
 async def admit(
@@ -154,12 +156,7 @@ async def admit(
     state = await deps.controls.state_for(routing.policy, caller)
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
-    routed = replace(
-        route(deps, request, headers, state, routing),
-        caller=caller,
-        headers=headers,
-        request_id=request_id,
-    )
+    routed = route(deps, request, headers, state, routing, caller, request_id)
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 

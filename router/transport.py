@@ -17,6 +17,7 @@ from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from router.cost import Usage
 from router.errors import FlashproError, UpstreamError
@@ -139,6 +140,11 @@ class DirectUpstream:
     max_connections: int = 4096  # a stream holds a connection for its whole length
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    # parsed once: aiohttp would parse the URL and build the timeout again for every request
+    _urls: dict[str, URL] = field(default_factory=dict, init=False, repr=False)
+    _timeouts: dict[float, aiohttp.ClientTimeout] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -155,18 +161,30 @@ class DirectUpstream:
         headers = {"content-type": "application/json"}
         if call.api_key:
             headers["authorization"] = f"Bearer {call.api_key}"
-        # Like httpx's (and so the openai SDK's) timeout: per connect and per read, not total.
-        timeout = aiohttp.ClientTimeout(sock_connect=call.timeout_s, sock_read=call.timeout_s)
         try:
             return await self._client().post(
-                base + "/chat/completions",
+                self._url(base),
                 proxy=self._proxy(base),
                 data=orjson.dumps(request_body(call, stream=stream)),
                 headers=headers,
-                timeout=timeout,
+                timeout=self._timeout(call.timeout_s),
             )
         except _FAILURES as exc:
             raise _failure(exc) from exc
+
+    def _url(self, base: str) -> URL:
+        url = self._urls.get(base)
+        if url is None:
+            url = self._urls[base] = URL(base + "/chat/completions")
+        return url
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        """Like httpx's (and so the openai SDK's) timeout: per connect and per read, not total."""
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)
+            self._timeouts[seconds] = timeout
+        return timeout
 
     def _proxy(self, base: str) -> str | None:
         """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once per base URL: aiohttp's trust_env
