@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,7 +160,9 @@ def main() -> int:
         redis_binary = shutil.which("redis-server")
         redis_port = free_port()
         if redis_binary is not None:
-            backends.append(("redis", {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}))
+            redis = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+            backends.append(("redis (near cache on, the default)", redis))
+            backends.append(("redis, near cache off", {**redis, "FLASHPRO_POLICY": no_near()}))
         redis_args = redis_command(redis_binary or "redis-server", redis_port)
         with running(redis_args, redis_port, "redis-server") if redis_binary else _nothing():
             for name, extra in backends:
@@ -177,9 +180,19 @@ def main() -> int:
                     "--no-access-log",
                 ]
                 with running(serve, port, "flashpro", {**env, **extra}):
-                    print(f"{name} cache:")
+                    print(f"{name}:")
                     asyncio.run(bench_flashpro(port, args.clients, args.requests, args.misses))
     return 0
+
+
+def no_near() -> str:
+    """The default policy with the near cache turned off (every hit asks Redis)."""
+    text = (ROOT / "policies" / "default.yaml").read_text("utf-8")
+    if "near_ttl_seconds: 1 " not in text:
+        raise RuntimeError("policies/default.yaml no longer sets near_ttl_seconds: 1")
+    path = Path(tempfile.mkdtemp(prefix="flashpro-bench-")) / "no-near.yaml"
+    path.write_text(text.replace("near_ttl_seconds: 1 ", "near_ttl_seconds: 0 "), "utf-8")
+    return str(path)
 
 
 @contextmanager

@@ -454,7 +454,13 @@ async def _follow(flight: _Flight, deadline: float) -> Entry | None:
 
 
 def open_cache(redis_url: str | None, rules: CachePolicy) -> ResponseCache:
-    """Redis when a URL is configured, else the in-process LRU the policy bounds."""
+    """Redis when a URL is configured (behind a near cache unless the policy turns it off),
+    else the in-process LRU the policy bounds."""
     if redis_url:
-        return ResponseCache(RedisCache(redis_url))
+        from router.near import NearCache  # it builds on this module
+
+        shared = RedisCache(redis_url)
+        if rules.near_ttl_seconds <= 0:
+            return ResponseCache(shared)
+        return ResponseCache(NearCache(shared, rules.near_ttl_seconds))
     return ResponseCache(MemoryCache(rules.memory_max_entries, rules.memory_max_bytes))

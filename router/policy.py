@@ -179,6 +179,13 @@ class CachePolicy(_Strict):
     memory_max_bytes: int = Field(
         default=256 * 1_048_576, ge=1024, description="In-process cache: bytes kept."
     )
+    near_ttl_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="With Redis: entries read or written are also kept in process memory this "
+        "long, so a repeated hit skips the round trip (0 = off). An entry refreshed by another "
+        "process is seen here at most this much later.",
+    )
     coalesce_wait_seconds: float = Field(
         default=30.0,
         ge=0,
