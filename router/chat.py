@@ -244,7 +244,7 @@ class ChatEndpoint:
         routed: Routed | None = None
         try:
             if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405)
+                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
             body = await read_body(receive, headers, self.max_body_bytes)
             chat = self.intake.parse(body)
             routed = await admit(deps, chat, headers, rid)

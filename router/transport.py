@@ -151,8 +151,10 @@ class DirectUpstream:
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections, keepalive_timeout=30, ttl_dns_cache=300
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers={"user-agent": "flashpro"}
+            self._session = aiohttp.ClientSession(  # an API needs no cookies: skip the jar's work
+                connector=connector,
+                headers={"user-agent": "flashpro"},
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -114,7 +114,7 @@ def test_a_repeated_body_is_classified_once_and_still_answered_each_time(
 
 def test_other_methods_on_the_chat_path_are_refused_in_openai_format(flashpro: str) -> None:
     response = httpx.get(flashpro + "/v1/chat/completions")
-    assert response.status_code == 405
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert response.headers["x-flashpro-request-id"]
