@@ -121,26 +121,34 @@ def parse_chat(body: bytes) -> ChatRequest:
 
 
 class Intake:
-    """Parsed requests of recently seen bodies, by digest (bodies up to `max_body` bytes).
+    """Parsed requests of recently seen bodies, by digest: bodies up to `max_body` bytes, at
+    most `entries` of them and `max_bytes` of body in all (oldest out first).
 
     The pipeline never mutates a request, so one parsed object can serve every identical body;
     invalid bodies are not kept (their error is raised each time)."""
 
-    def __init__(self, entries: int = 1024, max_body: int = 64 * 1024) -> None:
+    def __init__(
+        self, entries: int = 1024, max_body: int = 16 * 1024, max_bytes: int = 4 * 1_048_576
+    ) -> None:
         self.entries = entries
         self.max_body = max_body
-        self._seen: dict[bytes, ChatRequest] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._seen: dict[bytes, tuple[ChatRequest, int]] = {}
 
     def parse(self, body: bytes) -> ChatRequest:
         if len(body) > self.max_body:
             return parse_chat(body)
         digest = hashlib.blake2b(body, digest_size=16).digest()
-        request = self._seen.get(digest)
-        if request is None:
-            request = parse_chat(body)
-            if len(self._seen) >= self.entries:
-                del self._seen[next(iter(self._seen))]  # the oldest
-            self._seen[digest] = request
+        seen = self._seen.get(digest)
+        if seen is not None:
+            return seen[0]
+        request = parse_chat(body)
+        self._seen[digest] = (request, len(body))
+        self.bytes += len(body)
+        while len(self._seen) > self.entries or self.bytes > self.max_bytes:
+            oldest = next(iter(self._seen))
+            self.bytes -= self._seen.pop(oldest)[1]
         return request
 
 

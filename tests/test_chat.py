@@ -56,6 +56,15 @@ def test_intake_is_bounded_and_skips_large_bodies() -> None:
     assert intake.parse(large) is not intake.parse(large)
 
 
+def test_intake_keeps_at_most_its_bytes_of_bodies() -> None:
+    intake = Intake(entries=100, max_body=1000, max_bytes=2000)
+    bodies = [body(f"{i} " + "y" * 500) for i in range(10)]
+    parsed = [intake.parse(b) for b in bodies]
+    assert intake.bytes <= 2000 and intake.bytes == sum(len(b) for b in bodies[-3:])
+    assert intake.parse(bodies[-1]) is parsed[-1]  # the newest are kept
+    assert intake.parse(bodies[0]) is not parsed[0]  # the oldest went
+
+
 def test_derived_values_are_computed_once_per_request_object() -> None:
     request = ChatRequest.model_validate(orjson.loads(body("hi")))
     calls: list[int] = []
