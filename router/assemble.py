@@ -51,6 +51,16 @@ class StreamAssembler:
             state["finish_reason"] for state in self._choices.values()
         )
 
+    def produced_chars(self) -> tuple[int, int]:
+        """(characters streamed so far, of which reasoning): what a cut stream produced."""
+        total = reasoning = 0
+        for state in self._choices.values():
+            thought = sum(len(part) for part in state["reasoning"])
+            reasoning += thought
+            total += thought + sum(len(part) for part in state["content"])
+            total += sum(len(a) for slot in state["tools"].values() for a in slot["arguments"])
+        return total, reasoning
+
     def finish_reasons(self) -> list[str | None]:
         return [state["finish_reason"] for state in self._choices.values()]
 

@@ -246,15 +246,16 @@ class Controls:
         decision: Decision,
         usage: Usage,
         cost_usd: float,
-        total_ms: float,
+        total_ms: float | None,
         ttft_ms: float | None = None,
     ) -> None:
-        """Record what an answer cost, and how fast its tier was."""
+        """Record what an answer cost, and how fast its tier was (`total_ms` None: an answer
+        cut short, which says nothing about its tier's speed)."""
         scopes = [scope for scope, _ in budget_scopes(policy, caller)]
         if scopes and cost_usd > 0:
             await self.ledger.add(scopes, cost_usd, self.now())
         tier = policy.tiers.get(decision.tier)
-        if policy.learn_latency and tier is not None:
+        if policy.learn_latency and tier is not None and total_ms is not None:
             self.latency.observe(
                 decision.tier,
                 tier,

@@ -160,7 +160,11 @@ class Metrics:
         tenant = (record.group or "") if record.options.tenant_labels else ""
         status = status_class(record.status)
         self._child(self.requests, alias, tier, rule, status, record.error or "", tenant).inc()
-        if decision is None or record.status >= 400:
+        if decision is None:
+            return
+        if record.cost_usd > 0:  # a stream cut short is charged what it streamed
+            self._child(self.spend, tier).inc(record.cost_usd)
+        if record.status >= 400:
             return
         self._child(self.cache, tier, record.cache).inc()
         if record.upstream_ms is not None:
@@ -181,8 +185,6 @@ class Metrics:
             ):
                 if count:
                     self._child(self.tokens, tier, kind).inc(count)
-        if record.cost_usd > 0:
-            self._child(self.spend, tier).inc(record.cost_usd)
         if record.baseline_usd > 0:
             self._child(self.baseline, tier).inc(record.baseline_usd)
         if record.savings_usd > 0:  # a counter only grows; Pro-Max can cost more than Pro

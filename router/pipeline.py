@@ -391,11 +391,11 @@ async def _relay(
                 yield data
             chunk = await anext(rest, None)
     finally:
-        if not assembler.finished:
-            _observe_cut(deps, routed, plan, sys.exc_info()[1])
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
+        if not assembler.finished:
+            await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
     if assembler.finished:  # not after a client disconnect or an upstream drop
         body = assembler.body()
         deps.memory.remember(body)
@@ -406,11 +406,34 @@ async def _relay(
         await _store(deps, plan, routed.decision, body, cost)
 
 
-def _observe_cut(deps: Deps, routed: Routed, plan: CachePlan, cause: BaseException | None) -> None:
-    """A stream that ended early still counts: the client left (499) or the upstream broke."""
+async def _cut(
+    deps: Deps,
+    routed: Routed,
+    plan: CachePlan,
+    assembler: StreamAssembler,
+    cause: BaseException | None,
+) -> None:
+    """A stream that ended early still counts: the client left (499) or the upstream broke
+    (502). DeepSeek bills what it generated, so the tokens streamed so far (estimated at four
+    characters a token, reasoning included) are priced and charged to the budgets and rates."""
     left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
     status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
-    observe(deps, routed, status=status, error=error, cache=plan.status)
+    usage = Usage.from_wire(assembler.usage) if assembler.usage else _estimated(routed, assembler)
+    cost = price(deps, routed.decision, usage, routed.routing)
+    observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
+    policy = _routing(deps, routed).policy
+    await deps.controls.answered(policy, routed.caller, routed.decision, usage, cost, None)
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
+
+
+def _estimated(routed: Routed, assembler: StreamAssembler) -> Usage:
+    produced, reasoning = assembler.produced_chars()
+    return Usage(
+        prompt_tokens=routed.assessment.prompt_tokens,
+        completion_tokens=-(-produced // 4),
+        reasoning_tokens=-(-reasoning // 4),
+    )
 
 
 def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:

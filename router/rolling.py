@@ -64,6 +64,7 @@ class Rolling:
         decision = record.decision
         if record.status >= 400 or decision is None:
             self.errors += 1
+            self.spend_usd += record.cost_usd  # a stream cut short is charged what it streamed
             return
         self.cache[record.cache] = self.cache.get(record.cache, 0) + 1
         self.spend_usd += record.cost_usd

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from router.classify import FixedScoreClassifier
+from router.classify import FixedScoreClassifier, estimate_tokens
 from router.controls import Controls, MemoryLedger, caller_of, open_controls
 from router.errors import InvalidRequest
 from router.pipeline import Deps, Routing
@@ -22,7 +22,7 @@ from router.reasoning import ReasoningMemory
 from router.schemas import ChatRequest
 from router.simulator import RunningSimulator
 from router.upstream import LiteLLMUpstream
-from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for
+from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 
 HELLO = ChatRequest.model_validate(
     {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
@@ -261,3 +261,30 @@ async def test_redis_share_window_is_shared_between_processes(ledger_redis: str)
     assert await two.shares.share(600, now + 700) is None  # the window slid past them
     await one.aclose()
     await two.aclose()
+
+
+def test_a_stream_the_client_abandons_is_still_charged(upstream: RunningSimulator) -> None:
+    controls = Controls()
+    budget = "budgets: {on_exhausted: downgrade, total: {usd_per_day: 100}}"
+    deps = deps_for(upstream, budget, controls=controls)
+    body = {
+        "model": "auto",
+        "stream": True,
+        "messages": [{"role": "user", "content": "A long proof please [[sim:slow=50]]"}],
+    }
+
+    def spent() -> float:
+        return asyncio.run(controls.ledger.spent(["total"], controls.now()))[0][0]
+
+    with serve_app(settings_for(upstream), deps) as base:
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=30) as cut:
+            assert cut.headers["x-flashpro-tier"] == "pro-max"
+            lines = cut.iter_lines()
+            events = [next(lines) for _ in range(6)]  # a few events, then hang up
+        assert any(line.startswith("data: ") for line in events)
+        wait_until(lambda: spent() > 0, timeout_s=10, what="the cut stream charged")
+    prices = deps.live.policy.tiers["pro-max"].prices
+    prompt_tokens = estimate_tokens(ChatRequest.model_validate(body))
+    prompt_only = prices.input_usd_per_mtok * prompt_tokens / 1e6
+    # the prompt and the tokens streamed before the client left, no more than a few hundred
+    assert prompt_only < spent() < prompt_only + prices.output_usd_per_mtok * 500 / 1e6

@@ -209,6 +209,7 @@ def test_streams_cut_short_are_counted(
         assert total(samples, "flashpro_requests_total") == 2
         assert total(samples, "flashpro_requests_total", status="4xx") == 1
         assert total(samples, "flashpro_requests_total", status="5xx") == 1
+        assert total(samples, "flashpro_spend_usd_total") > 0  # what the cut streams streamed
 
 
 def test_several_workers_get_a_shared_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
