@@ -93,6 +93,15 @@ class UpstreamRejected(FlashproError):
     default_code = "upstream_rejected"
 
 
+class UpstreamAuthFailed(FlashproError):
+    """The upstream refused flashpro's own key: a deployment problem, not the client's key, so
+    it is not a 401 (a client would take that to mean its own key is wrong)."""
+
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_auth_failed"
+
+
 class UpstreamTimeout(FlashproError):
     status = 504
     type = "timeout_error"

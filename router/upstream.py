@@ -23,6 +23,7 @@ from router.errors import (
     ContextTooLong,
     FlashproError,
     InvalidRequest,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -152,8 +153,14 @@ def error_for_status(status: int, message: str, retry_after: str | None = None) 
         )
     if status == 400 and _CONTEXT_MESSAGE in message.lower():
         return ContextTooLong(f"The prompt is too long for the model: {message}")
+    if status in (401, 403):
+        return UpstreamAuthFailed(
+            f"The upstream refused flashpro's API key for this model (status {status}): "
+            f"{message}. Check the proxy's upstream key (DEEPSEEK_API_KEY or the tier's "
+            "api_key_env); the key you sent to flashpro is not the problem."
+        )
     if 400 <= status < 500:
-        mirrored = status if status in (400, 401, 403, 404, 422) else 400
+        mirrored = status if status in (400, 404, 422) else 400
         return UpstreamRejected(f"The upstream rejected the request: {message}", status=mirrored)
     return UpstreamError(f"The upstream failed (status {status}).")
 

@@ -101,8 +101,11 @@ def test_upstream_key_is_never_echoed_or_logged(
         body = {"model": "flash", "messages": [{"role": "user", "content": "x"}], "stream": True}
         streamed = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
     for response in (plain, streamed):
-        assert response.status_code == 401, response.text  # the upstream refused its key
-        assert response.json()["error"]["code"] == "upstream_rejected"
+        # the upstream refused flashpro's key: a 502 naming the proxy's key, not a 401 the
+        # client would take for its own key
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["code"] == "upstream_auth_failed" and "DEEPSEEK_API_KEY" in error["message"]
         assert WRONG_UPSTREAM_KEY not in response.text
         assert WRONG_UPSTREAM_KEY not in str(response.headers)
         assert WRONG_UPSTREAM_KEY[3:20] not in response.text

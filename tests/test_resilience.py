@@ -19,6 +19,7 @@ from router.errors import (
     FlashproError,
     InvalidRequest,
     ServiceUnavailable,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -149,7 +150,7 @@ def test_a_retry_that_succeeds_needs_no_fallback() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [UpstreamRejected("bad", status=400), UpstreamRejected("key", status=401), InvalidRequest("x")],
+    [UpstreamRejected("bad", status=400), UpstreamAuthFailed("key"), InvalidRequest("x")],
 )
 def test_client_errors_are_not_retried(error: FlashproError) -> None:
     script = Script({"pro-max": [error]})

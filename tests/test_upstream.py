@@ -14,6 +14,7 @@ from router.cost import Usage
 from router.errors import (
     ContextTooLong,
     FlashproError,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -272,7 +273,7 @@ ERRORS: list[tuple[dict[str, Any], type[FlashproError], int, dict[str, str]]] = 
     ({"text": "x [[sim:status=404]]"}, UpstreamRejected, 404, {}),
     ({"text": "x [[sim:status=422]]"}, UpstreamRejected, 422, {}),
     ({"text": "x [[sim:delay_ms=3000]]", "timeout_s": 0.5}, UpstreamTimeout, 504, {}),
-    ({"api_key": "sk-wrong-key-0000000000"}, UpstreamRejected, 401, {}),
+    ({"api_key": "sk-wrong-key-0000000000"}, UpstreamAuthFailed, 502, {}),
     ({"model": "deepseek/deepseek-nonexistent"}, UpstreamRejected, 400, {}),
     ({"text": HUGE}, ContextTooLong, 400, {}),
 ]
