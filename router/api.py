@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from router.chat import decision_headers, parse_chat, read_body, request_id_for
-from router.pipeline import Deps, check_key, route
+from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
 
 api = APIRouter()
@@ -50,8 +50,7 @@ async def explain_route(request: Request) -> Response:
     rid = request_id_of(request)
     chat = await read_chat(request, request.app.state.settings.max_body_bytes)
     given = lower_headers(request)
-    check_key(deps, chat, given)
-    routed = route(deps, chat, given)
+    routed = await preview(deps, chat, given)
     decision = routed.decision
     body = {
         "alias": decision.alias,

@@ -161,10 +161,15 @@ async def admit(
     return routed
 
 
-def check_key(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> None:
-    """401 unless the caller may use this proxy (for endpoints that skip `admit`)."""
-    policy = deps.live.policy
-    authorize(policy, caller_of(policy, request, headers, deps.controls.environ))
+async def preview(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> Routed:
+    """How `admit` would route the request now, under the live limits (budgets, share cap,
+    latency, caller group), without counting it anywhere (POST /v1/route). 401 for a caller
+    the policy refuses."""
+    routing = deps.live
+    caller = caller_of(routing.policy, request, headers, deps.controls.environ)
+    authorize(routing.policy, caller)
+    state = await deps.controls.state_for(routing.policy, caller)
+    return route(deps, request, headers, state, routing, caller)
 
 
 async def guard(deps: Deps, policy: Policy, caller: Caller, request: ChatRequest) -> None:

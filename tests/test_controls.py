@@ -288,3 +288,15 @@ def test_a_stream_the_client_abandons_is_still_charged(upstream: RunningSimulato
     prompt_only = prices.input_usd_per_mtok * prompt_tokens / 1e6
     # the prompt and the tokens streamed before the client left, no more than a few hundred
     assert prompt_only < spent() < prompt_only + prices.output_usd_per_mtok * 500 / 1e6
+
+
+def test_route_explains_under_the_live_budget_without_spending(upstream: RunningSimulator) -> None:
+    deps = deps_for(upstream, "budgets: {on_exhausted: downgrade, total: {usd_per_day: 0.000001}}")
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Prove it."}]}
+    with serve_app(settings_for(upstream), deps) as base:
+        for _ in range(3):  # explaining spends nothing
+            before = httpx.post(base + "/v1/route", json=body, timeout=10).json()
+            assert before["tier"] == "pro-max" and not before["rule"].startswith("budget")
+        assert ask(base).headers["x-flashpro-tier"] == "pro-max"  # spends the whole budget
+        after = httpx.post(base + "/v1/route", json=body, timeout=10).json()
+    assert (after["tier"], after["rule"]) == ("flash", "budget:total")
