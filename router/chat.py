@@ -74,8 +74,12 @@ def headers_of(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+class ClientGone(FlashproError):
+    """The client disconnected before its request body arrived (nobody reads the answer)."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_disconnected"
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
@@ -93,7 +97,7 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
     size = len(body)
     while True:
         if message["type"] == "http.disconnect":
-            raise ClientGone
+            raise ClientGone("The client disconnected while sending its request.")
         if not message.get("more_body", False):
             return b"".join(parts)
         message = await receive()

@@ -143,10 +143,10 @@ class Metrics:
             registry=r,
         )
         self.started.set(time.time())
-        self._children: dict[tuple[str, ...], Any] = {}  # label lookups cost more than an inc
+        self._children: dict[tuple[object, ...], Any] = {}  # label lookups cost more than an inc
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+        key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)

@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import logging
+import socket
+import time
 from dataclasses import dataclass, field, replace
 
 import httpx
@@ -21,7 +23,7 @@ from router.logs import ACCESS_LOGGER, configure_access_log, emit, flush_access_
 from router.observe import Observer
 from router.schemas import ChatRequest
 from router.simulator import RunningSimulator
-from tests.conftest import serve_app, settings_for
+from tests.conftest import serve_app, settings_for, wait_until
 
 
 def body(text: str, **fields: object) -> bytes:
@@ -189,3 +191,32 @@ def test_the_observer_flushes_the_access_log_while_running_and_at_the_end() -> N
         _reset_access_log()
     assert seen[0] >= 1 and out.flushes > seen[0]
     assert out.getvalue() == "one\n"
+
+
+def test_a_client_that_leaves_mid_body_is_counted_and_the_server_keeps_serving(
+    simulator: RunningSimulator, upstream_env: None
+) -> None:
+    settings = settings_for(simulator)
+    with serve_app(settings, build_deps(settings)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                b'{"model": "auto", "messages": ['
+            )
+            time.sleep(0.2)  # the handler is waiting for the rest of the body
+
+        def counted() -> bool:
+            text = httpx.get(base + "/metrics").text
+            return 'error="client_disconnected"' in text
+
+        wait_until(counted, timeout_s=5, what="the abandoned request counted")
+        assert (
+            httpx.post(
+                base + "/v1/chat/completions",
+                content=body("still here?"),
+                headers={"content-type": "application/json"},
+            ).status_code
+            == 200
+        )
