@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -138,7 +139,7 @@ class Intake:
         self.max_body = max_body
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._seen: dict[bytes, tuple[ChatRequest, int]] = {}
+        self._seen: OrderedDict[bytes, tuple[ChatRequest, int]] = OrderedDict()
 
     def parse(self, body: bytes) -> ChatRequest:
         if len(body) > self.max_body:
@@ -151,8 +152,7 @@ class Intake:
         self._seen[digest] = (request, len(body))
         self.bytes += len(body)
         while len(self._seen) > self.entries or self.bytes > self.max_bytes:
-            oldest = next(iter(self._seen))
-            self.bytes -= self._seen.pop(oldest)[1]
+            self.bytes -= self._seen.popitem(last=False)[1][1]  # the oldest
         return request
 
 
