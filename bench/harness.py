@@ -43,6 +43,25 @@ def wait_for_port(
     raise TimeoutError(f"{what} did not start within {timeout_s}s")
 
 
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], path: str = "/readyz", timeout_s: float = 90
+) -> None:
+    """Until `url + path` answers 200 (a flashpro that also says its dependencies are wired)."""
+    import httpx  # the servers' own client; the rest of this module needs only the stdlib
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited during start-up")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not become ready")
+
+
 @contextmanager
 def running(
     args: list[str], port: int, what: str, env: dict[str, str] | None = None

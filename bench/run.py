@@ -42,6 +42,7 @@ from harness import (
     redis_command,
     rss_mb,
     running,
+    wait_ready,
     wrk,
 )
 
@@ -123,20 +124,8 @@ def flashpro(upstream: str, workers: int = 1, **env: str) -> Iterator[tuple[str,
     }
     with running(args, port, "flashpro", settings) as process:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url)
+        wait_ready(url, process)
         yield url, process.pid
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} never became ready")
 
 
 def ensure_litellm_proxy() -> Path | None:

@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import wait_ready  # noqa: E402
 from router.cost import Usage, cost_usd  # noqa: E402
 from router.policy import Policy  # noqa: E402
 
@@ -235,20 +236,6 @@ def soak(
     )
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("flashpro serve exited during start-up")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("flashpro serve did not become ready")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=150)
@@ -288,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(base, process)
+            wait_ready(base, process, "/healthz")
             report = soak(base, sim.url, policy, args.seconds, args.concurrency, process.pid)
         finally:
             process.terminate()

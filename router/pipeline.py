@@ -225,10 +225,21 @@ async def _answered(
 ) -> None:
     """Record the spend and the observed latency once an answer is complete."""
     observe(deps, routed, cache=cache, usage=usage, cost=cost, timing=(started, first_at))
-    now = time.monotonic()
     ttft_ms = (first_at - started) * 1000 if first_at is not None else None
+    await _charge(deps, routed, usage, cost, (time.monotonic() - started) * 1000, ttft_ms)
+
+
+async def _charge(
+    deps: Deps,
+    routed: Routed,
+    usage: Usage,
+    cost: float,
+    total_ms: float | None,
+    ttft_ms: float | None = None,
+) -> None:
+    """Charge the spend to the budgets and the tokens to the key's rates; learn the tier's
+    latency unless `total_ms` is None (an answer cut short)."""
     policy = _routing(deps, routed).policy
-    total_ms = (now - started) * 1000
     await deps.controls.answered(
         policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms
     )
@@ -426,10 +437,7 @@ async def _cut(
     usage = Usage.from_wire(assembler.usage) if assembler.usage else _estimated(routed, assembler)
     cost = price(deps, routed.decision, usage, routed.routing)
     observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
-    policy = _routing(deps, routed).policy
-    await deps.controls.answered(policy, routed.caller, routed.decision, usage, cost, None)
-    tokens = usage.prompt_tokens + usage.completion_tokens
-    await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
+    await _charge(deps, routed, usage, cost, None)
 
 
 def _estimated(routed: Routed, assembler: StreamAssembler) -> Usage:
