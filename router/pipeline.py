@@ -281,14 +281,17 @@ async def resilient(
     """The upstream call under the policy's retries, fallbacks and circuit breakers; returns
     the request as re-routed to the tier that answered (router/resilience.py)."""
 
+    def to(decision: Decision) -> Routed:
+        return routed if decision is routed.decision else replace(routed, decision=decision)
+
     async def attempt(decision: Decision) -> T:
-        return await call(replace(routed, decision=decision))
+        return await call(to(decision))
 
     policy = _routing(deps, routed).policy
     value, decision, trail = await deps.resilience.call(
         policy, routed.decision, attempt, routed.caller.group
     )
-    return value, replace(routed, decision=decision), trail
+    return value, to(decision), trail
 
 
 def _replanned(deps: Deps, routed: Routed, plan: CachePlan, trail: Trail) -> CachePlan:

@@ -10,15 +10,15 @@ that does not start with `deepseek/` (`ByProvider`), and all of them when
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.request import getproxies, proxy_bypass
 
-import aiohttp
 import orjson
-from yarl import URL
 
+from router.connections import Pool, Response, Target, header_line, target
 from router.cost import Usage
 from router.errors import FlashproError, UpstreamError
 from router.upstream import (
@@ -128,75 +128,72 @@ def _drop_unsupported_tools(body: dict[str, Any]) -> None:
 
 @dataclass
 class DirectUpstream:
-    """DeepSeek over one pooled aiohttp session (HTTP/1.1 keep-alive), errors mapped once.
+    """DeepSeek over flashpro's own keep-alive HTTP/1.1 pool (router/connections.py), errors
+    mapped once.
 
-    aiohttp rather than httpx: against the simulator at 8 concurrent requests, httpx's pool spent
-    about 1.6 ms of CPU a request (it polls every pooled socket to check expiry), aiohttp 0.2 ms
-    (bench/README.md). The session is made on first use, inside the serving event loop.
+    Neither httpx nor aiohttp: against the simulator at 8 concurrent requests, httpx's pool spent
+    about 1.6 ms of CPU a request (it polls every pooled socket to check expiry) and aiohttp's
+    client about 0.18 ms, most of a proxied request's CPU beside flashpro's own work; the pool
+    here does the one thing needed, a POST and its answer (bench/README.md has the figures).
     """
 
     secrets: tuple[str, ...] = field(default_factory=tuple)  # scrubbed from error messages
     default_api_base: str = DEFAULT_API_BASE
     max_connections: int = 4096  # a stream holds a connection for its whole length
-    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
-    _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
-    # parsed once: aiohttp would parse the URL and build the timeout again for every request
-    _urls: dict[str, URL] = field(default_factory=dict, init=False, repr=False)
-    _timeouts: dict[float, aiohttp.ClientTimeout] = field(
+    ssl_context: ssl.SSLContext | None = None  # None: the system's trust store
+    _pool: Pool | None = field(default=None, init=False, repr=False)
+    # per base URL: the prepared target (proxy settings are read once, see `_target`)
+    _targets: dict[str, Target] = field(default_factory=dict, init=False, repr=False)
+    _fields: dict[tuple[str | None, bool], bytes] = field(
         default_factory=dict, init=False, repr=False
     )
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=30, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(  # an API needs no cookies: skip the jar's work
-                connector=connector,
-                headers={"user-agent": "flashpro"},
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+    def _connections(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.ssl_context, limit=self.max_connections)
+        return self._pool
 
-    async def _post(self, call: UpstreamCall, *, stream: bool) -> aiohttp.ClientResponse:
-        base = (call.api_base or self.default_api_base).rstrip("/")
-        headers = {"content-type": "application/json"}
-        if call.api_key:
-            headers["authorization"] = f"Bearer {call.api_key}"
+    async def _post(self, call: UpstreamCall, *, stream: bool) -> Response:
+        body = orjson.dumps(request_body(call, stream=stream))
         try:
-            return await self._client().post(
-                self._url(base),
-                proxy=self._proxy(base),
-                data=orjson.dumps(request_body(call, stream=stream)),
-                headers=headers,
-                timeout=self._timeout(call.timeout_s),
-            )
+            to = self._target(call.api_base or self.default_api_base)
+            fields = self._header_fields(call.api_key, stream)
+        except ValueError as exc:
+            raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
+        try:
+            return await self._connections().post(to, fields, body, call.timeout_s)
         except _FAILURES as exc:
             raise _failure(exc) from exc
 
-    def _url(self, base: str) -> URL:
-        url = self._urls.get(base)
-        if url is None:
-            url = self._urls[base] = URL(base + "/chat/completions")
-        return url
-
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        """Like httpx's (and so the openai SDK's) timeout: per connect and per read, not total."""
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)
-            self._timeouts[seconds] = timeout
-        return timeout
-
-    def _proxy(self, base: str) -> str | None:
-        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once per base URL: aiohttp's trust_env
-        re-reads them (and ~/.netrc) on every request, 4% of a request's CPU here."""
-        if base not in self._proxies:
+    def _target(self, base: str) -> Target:
+        """The base URL's target, with HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base URL
+        (reading them per request cost 4% of a request's CPU)."""
+        prepared = self._targets.get(base)
+        if prepared is None:
+            base = base.rstrip("/")
             scheme, _, rest = base.partition("://")
             host = rest.split("/", 1)[0]
-            proxy = getproxies().get(scheme)
-            self._proxies[base] = None if proxy is None or proxy_bypass(host) else proxy
-        return self._proxies[base]
+            proxy = getproxies().get(scheme.lower())
+            if proxy is not None and proxy_bypass(host):
+                proxy = None
+            prepared = self._targets[base] = target(base + "/chat/completions", proxy)
+        return prepared
+
+    def _header_fields(self, api_key: str | None, stream: bool) -> bytes:
+        fields = self._fields.get((api_key, stream))
+        if fields is None:
+            accept = "text/event-stream" if stream else "application/json"
+            fields = b"".join(
+                (
+                    header_line("content-type", "application/json"),
+                    header_line("accept", accept),
+                    header_line("accept-encoding", "identity"),
+                    header_line("user-agent", "flashpro"),
+                    header_line("authorization", f"Bearer {api_key}") if api_key else b"",
+                )
+            )
+            self._fields[(api_key, stream)] = fields
+        return fields
 
     async def complete(self, call: UpstreamCall) -> Completion:
         response = await self._post(call, stream=False)
@@ -217,38 +214,36 @@ class DirectUpstream:
             raise self._rejection(response, await _read(response))
         return _events(response)
 
-    def _rejection(self, response: aiohttp.ClientResponse, raw: bytes) -> FlashproError:
+    def _rejection(self, response: Response, raw: bytes) -> FlashproError:
         message = scrub(_error_message(raw), self.secrets)
         return error_for_status(response.status, message, response.headers.get("retry-after"))
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.aclose()
 
 
-_FAILURES = (aiohttp.ClientError, TimeoutError)
+_FAILURES = (OSError,)  # connection failures, TLS errors and timeouts (router/connections.py)
 
 
 def _failure(exc: BaseException) -> FlashproError:
-    """aiohttp's timeouts (connect or read) are TimeoutErrors; the rest are connection errors."""
+    """A timeout (connect or read) is a TimeoutError; the rest are connection errors."""
     return transport_failure(timed_out=isinstance(exc, TimeoutError))
 
 
-async def _read(response: aiohttp.ClientResponse) -> bytes:
+async def _read(response: Response) -> bytes:
     try:
         return await response.read()
     except _FAILURES as exc:
         raise _failure(exc) from exc
-    finally:
-        response.release()
 
 
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+async def _events(response: Response) -> AsyncIterator[Chunk]:
     """Parse server-sent events into chunks until `[DONE]`; a drop raises UpstreamError."""
     buffer = b""
     done = False
     try:
-        async for part in response.content.iter_any():
+        async for part in response.chunks():
             if done:
                 continue  # read to the end so the connection goes back to the pool
             buffer += part
