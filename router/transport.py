@@ -10,6 +10,7 @@ that does not start with `deepseek/` (`ByProvider`), and all of them when
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -138,6 +139,7 @@ class DirectUpstream:
     secrets: tuple[str, ...] = field(default_factory=tuple)  # scrubbed from error messages
     default_api_base: str = DEFAULT_API_BASE
     max_connections: int = 4096  # a stream holds a connection for its whole length
+    ssl_context: ssl.SSLContext | None = None  # None: the system's trust store
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
     # parsed once: aiohttp would parse the URL and build the timeout again for every request
@@ -149,7 +151,10 @@ class DirectUpstream:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=30, ttl_dns_cache=300
+                limit=self.max_connections,
+                keepalive_timeout=30,
+                ttl_dns_cache=300,
+                ssl=self.ssl_context or ssl.create_default_context(),
             )
             self._session = aiohttp.ClientSession(  # an API needs no cookies: skip the jar's work
                 connector=connector,
