@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import socket
 import threading
@@ -401,16 +402,27 @@ class RunningSimulator:
 
 
 def start_in_thread(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
 ) -> RunningSimulator:
-    """Serve on a background thread; returns once the server accepts connections."""
+    """Serve on a background thread; returns once the server accepts connections.
+
+    Given a PEM certificate chain (and its key, unless in the same file) it serves HTTPS, as
+    DeepSeek does."""
     app = create_simulator_app(config)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port: int = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(app, host, bound_port, log_level="warning"))
+    uvicorn_config = _uvicorn_config(
+        app, host, bound_port, log_level="warning", certfile=ssl_certfile, keyfile=ssl_keyfile
+    )
+    server = uvicorn.Server(uvicorn_config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="flashpro-simulator", daemon=True
     )
@@ -422,7 +434,8 @@ def start_in_thread(
             raise RuntimeError("the simulator did not start")
         time.sleep(0.005)
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
-    return RunningSimulator(app, server, thread, f"http://{url_host}:{bound_port}")
+    scheme = "http" if ssl_certfile is None else "https"
+    return RunningSimulator(app, server, thread, f"{scheme}://{url_host}:{bound_port}")
 
 
 def serve(config: SimulatorConfig, host: str, port: int) -> None:
@@ -432,7 +445,15 @@ def serve(config: SimulatorConfig, host: str, port: int) -> None:
     ).run()
 
 
-def _uvicorn_config(app: SimulatorApp, host: str, port: int, *, log_level: str) -> uvicorn.Config:
+def _uvicorn_config(
+    app: SimulatorApp,
+    host: str,
+    port: int,
+    *,
+    log_level: str,
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -444,6 +465,8 @@ def _uvicorn_config(app: SimulatorApp, host: str, port: int, *, log_level: str) 
         log_level=log_level,
         backlog=4096,
         timeout_graceful_shutdown=1,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
 
 
