@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+import uvloop
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -31,6 +33,8 @@ from router.simulator import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# uvicorn serves on uvloop in production: the upstream client's tests run on both loops
+BOTH_LOOPS = frozenset({"test_connections.py", "test_transport_tls.py"})
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 
 # Fields a hostile client may send to redirect the upstream call; none may reach it.
@@ -232,3 +236,12 @@ def flashpro_process(
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's own loop for every async test, and uvloop too for the upstream client's."""
+    if item.path.name in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}

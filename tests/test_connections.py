@@ -1,6 +1,7 @@
 """The upstream HTTP/1.1 pool against raw loopback servers that answer exactly as scripted:
 framing (length, chunked, to the close, gzip), keep-alive and its races, timeouts, the
-connection limit, cancellation and flow control; and the direct transport on uvloop."""
+connection limit, cancellation and flow control. Each runs on asyncio's loop and on uvloop
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-import uvloop
 
 from router.connections import Pool, ProtocolFailure, header_line, target
-from router.simulator import RunningSimulator
-from router.transport import DirectUpstream
-from router.upstream import UpstreamCall
-from tests.conftest import UPSTREAM_KEY
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 FIELDS = header_line("content-type", "application/json")
@@ -385,37 +381,3 @@ def test_targets_and_header_lines() -> None:
         target("https://example.test/", "https://secure-proxy:443")
     with pytest.raises(ValueError, match="line break"):
         header_line("authorization", "Bearer sk-abc\n")
-
-
-def _run_on_uvloop(sim: RunningSimulator) -> tuple[str, int, int]:
-    async def go() -> tuple[str, int, int]:
-        upstream = DirectUpstream(secrets=(UPSTREAM_KEY,))
-        call = UpstreamCall(
-            model="deepseek/deepseek-v4-flash",
-            messages=[{"role": "user", "content": "Say something."}],
-            params={},
-            thinking="disabled",
-            reasoning_effort=None,
-            api_base=sim.url,
-            api_key=UPSTREAM_KEY,
-            timeout_s=10,
-        )
-        try:
-            answers = await asyncio.gather(*(upstream.complete(call) for _ in range(4)))
-            chunks = [chunk async for chunk in await upstream.stream(call)]
-            pool = upstream._pool
-            assert pool is not None
-            return answers[0].body["object"], len(chunks), pool.open_connections
-        finally:
-            await upstream.aclose()
-
-    return uvloop.run(go())
-
-
-def test_direct_transport_on_uvloop(sim: RunningSimulator) -> None:
-    """uvicorn serves on uvloop in production: the pool must work on it, not only on asyncio's
-    own loop (uvloop's create_connection takes fewer options)."""
-    kind, chunks, connections = _run_on_uvloop(sim)
-    assert kind == "chat.completion"
-    assert chunks > 2
-    assert connections == 4  # the stream reused one of the four, and gave it back
