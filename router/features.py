@@ -15,6 +15,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
+from itertools import repeat
 
 from router.schemas import ChatRequest, Message
 
@@ -33,11 +34,19 @@ SIGNAL_CHARS = 2000  # window for the regex-counted dense features
 
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-# Tokens of lower-cased, digit-zeroed UTF-8: words, numbers (as runs of 0), short runs of
-# non-ASCII bytes (so CJK text still yields tokens), single punctuation marks.
-_TOKEN = re.compile(rb"[a-z]+|0+|[\x80-\xff]{1,6}|[^\sa-z0\x80-\xff]")
-_NUMBER = re.compile(rb"0+(?:[.,]0+)?")
-_CHOICE = re.compile(rb"^[ \t]*\(?[A-Ha-h][.)]\s", re.MULTILINE)
+# Tokens of lower-cased, digit-zeroed UTF-8: words, single punctuation marks, numbers (as runs
+# of 0), short runs of non-ASCII bytes (so CJK text still yields tokens). The match swallows the
+# blanks before its token (the group), so each search starts on a token instead of failing once
+# per blank.
+_TOKEN = re.compile(rb"\s*+([a-z]+|[^\sa-z0\x80-\xff]|0+|[\x80-\xff]{1,6})")
+# Numbers such as 12, 3.5 or 1,000 once digits are zeroed. `00*` rather than `0+`: a pattern
+# that opens with a literal byte lets the regex engine skip straight to the candidates.
+_NUMBER = re.compile(rb"00*(?:[.,]00*)?")
+# A multiple-choice line ("A. ...", "(b) ..."), found by the newline before it: the text is
+# searched with a newline put in front, so the first line has one too. Starting from a literal
+# byte is far cheaper than testing for a line start at every position. The blank after the
+# letter is only looked at, as it may be the newline that opens the next line.
+_CHOICE = re.compile(rb"\n[ \t]*\(?[A-Ha-h][.)](?=\s)")
 _MATH_BYTES = b"=^<>+*/\\$"
 _CODE_WORDS = frozenset((b"def", b"class", b"import", b"return", b"function", b"include", b"const"))
 _PROOF_WORDS = frozenset(
@@ -61,7 +70,19 @@ _PROOF_WORDS = frozenset(
         "refactor",
     ]
 )
+_SIGNAL_WORDS = _CODE_WORDS | _PROOF_WORDS
 _MAX_TOOLS = 64
+
+# Namespaces seed the CRC, so one word read in the system prompt and in the user message lands
+# in different buckets.
+_USER = zlib.crc32(b"u")
+_SYSTEM = zlib.crc32(b"s")
+_HISTORY = zlib.crc32(b"h")
+_TOOLS = zlib.crc32(b"t")
+# A pair's bucket is ((h1 * 0x9E3779B1) ^ h2) & _MASK for the CRCs h1, h2 of its two words. Only
+# the low HASH_BITS of each factor reach those bits, so the pair is computed from the words'
+# buckets and a masked multiplier: small ints, on CPython's fast path.
+_PAIR_MIX = 0x9E3779B1 & _MASK
 
 DENSE_NAMES: tuple[str, ...] = (
     "bias_one",
@@ -84,20 +105,35 @@ DENSE_NAMES: tuple[str, ...] = (
 )
 N_DENSE = len(DENSE_NAMES)
 N_FEATURES = HASH_BUCKETS + N_DENSE
+_DENSE_INDICES = tuple(range(HASH_BUCKETS, N_FEATURES))
 
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """Sparse features of one request plus the few signals the classifier reads directly."""
+    """Sparse features of one request plus the few signals the classifier reads directly.
 
-    indices: list[int]
-    values: list[float]
+    The hashed part is `buckets`, distinct, each worth `bucket_value` (1/sqrt of their number,
+    so that it has unit norm whatever the prompt's length); `dense` follows at HASH_BUCKETS + j.
+    """
+
+    buckets: list[int]
+    bucket_value: float
     dense: tuple[float, ...]
     code_marks: int
     math_marks: int
     proof_words: int
     numbers: int
     prompt_chars: int
+
+    @property
+    def indices(self) -> list[int]:
+        """Every feature index: the buckets, then the dense features."""
+        return [*self.buckets, *_DENSE_INDICES]
+
+    @property
+    def values(self) -> list[float]:
+        """The value at each of `indices`."""
+        return [self.bucket_value] * len(self.buckets) + list(self.dense)
 
 
 def bounded_text(message: Message, head: int, tail: int) -> str:
@@ -131,18 +167,25 @@ def _tokens(text: str) -> list[bytes]:
     return _TOKEN.findall(text.lower().encode("utf-8", "ignore").translate(_ZERO_DIGITS))
 
 
-def _hash_tokens(tokens: list[bytes], namespace: bytes, buckets: set[int], bigrams: bool) -> None:
-    """Add the buckets of the tokens (and of their bigrams) to `buckets`."""
-    seed = zlib.crc32(namespace)
+def _add_words(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
+    """Add the buckets of the tokens to `buckets`."""
+    buckets.update([h & _MASK for h in map(zlib.crc32, tokens, repeat(namespace))])
+
+
+def _add_words_and_pairs(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
+    """Add the buckets of the tokens and of each pair of adjacent tokens to `buckets`.
+
+    The first token pairs with a CRC of 0, which lands on its own bucket and so adds nothing
+    (as does any pair after a word whose bucket is 0): the loop needs no special case.
+    """
     add = buckets.add
-    crc32 = zlib.crc32
-    prev = 0
-    for token in tokens:
-        h = crc32(token, seed)
-        add(h & _MASK)
-        if bigrams and prev:
-            add(((prev * 0x9E3779B1) ^ h) & _MASK)
-        prev = h
+    mask = _MASK
+    mixed = 0  # the previous word's bucket times _PAIR_MIX, masked
+    for h in map(zlib.crc32, tokens, repeat(namespace)):
+        bucket = h & mask
+        add(bucket)
+        add(mixed ^ bucket)
+        mixed = bucket * _PAIR_MIX & mask
 
 
 def _last_user_index(messages: list[Message]) -> int:
@@ -159,32 +202,31 @@ def extract(request: ChatRequest) -> Features:
     user = bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)
     buckets: set[int] = set()
     tokens = _tokens(user)
-    _hash_tokens(tokens, b"u", buckets, bigrams=True)
+    _add_words_and_pairs(tokens, _USER, buckets)
 
     system_chars = 0
-    history = messages[max(0, last - HISTORY_TURNS) : last]
     for message in messages[:last]:
         if message.role in ("system", "developer"):
             system_chars += message_chars(message)
-            _hash_tokens(_tokens(bounded_text(message, 0, SYSTEM_CHARS)), b"s", buckets, False)
-    for message in history:
+            _add_words(_tokens(bounded_text(message, 0, SYSTEM_CHARS)), _SYSTEM, buckets)
+    for message in messages[max(0, last - HISTORY_TURNS) : last]:
         if message.role not in ("system", "developer"):
-            _hash_tokens(_tokens(bounded_text(message, 0, HISTORY_CHARS)), b"h", buckets, False)
+            _add_words(_tokens(bounded_text(message, 0, HISTORY_CHARS)), _HISTORY, buckets)
     n_tools = len(request.tools or ())
     if n_tools:
         tools = (request.tools or [])[:_MAX_TOOLS]
         names = " ".join(str(tool.get("function", tool))[:200] for tool in tools)
-        _hash_tokens(_tokens(names[:TOOLS_CHARS]), b"t", buckets, bigrams=False)
+        _add_words(_tokens(names[:TOOLS_CHARS]), _TOOLS, buckets)
 
     raw = user[:SIGNAL_CHARS].encode("utf-8", "ignore")
     window = max(len(raw), 1)
     zeroed = raw.translate(_ZERO_DIGITS)
     user_chars = message_chars(messages[last])
-    total_chars = sum(message_chars(m) for m in messages)
-    distinct = set(tokens)
-    code = 3 * raw.count(b"```") + len(distinct & _CODE_WORDS) + raw.count(b";") // 2
+    total_chars = sum(map(message_chars, messages))
+    signals = _SIGNAL_WORDS.intersection(tokens)
+    code = 3 * raw.count(b"```") + len(signals & _CODE_WORDS) + raw.count(b";") // 2
     maths = len(raw) - len(raw.translate(None, _MATH_BYTES))
-    proof = len(distinct & _PROOF_WORDS)
+    proof = len(signals & _PROOF_WORDS)
     numbers = len(_NUMBER.findall(zeroed))
     dense = (
         1.0,
@@ -197,7 +239,7 @@ def extract(request: ChatRequest) -> Features:
         math.log1p(code),
         math.log1p(maths),
         math.log1p(numbers),
-        math.log1p(len(_CHOICE.findall(raw))),
+        math.log1p(len(_CHOICE.findall(b"\n" + raw))),
         1.0 if raw.rstrip().endswith(b"Answer:") else 0.0,
         math.log1p(raw.count(b"?")),
         math.log1p(proof),
@@ -205,9 +247,5 @@ def extract(request: ChatRequest) -> Features:
         zeroed.count(b"0") / window,
         (len(raw) - len(raw.translate(None, _UPPER))) / window,
     )
-    norm = 1.0 / math.sqrt(max(len(buckets), 1))
-    indices = list(buckets)
-    values = [norm] * len(indices)
-    indices.extend(range(HASH_BUCKETS, HASH_BUCKETS + N_DENSE))
-    values.extend(dense)
-    return Features(indices, values, dense, code, maths, proof, numbers, total_chars)
+    value = 1.0 / math.sqrt(max(len(buckets), 1))
+    return Features(list(buckets), value, dense, code, maths, proof, numbers, total_chars)

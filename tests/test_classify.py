@@ -1,12 +1,14 @@
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from router.classify import Calibration, LinearClassifier, load_classifier
-from router.features import N_FEATURES
+from router.classify import Calibration, LinearClassifier, Link, estimate_tokens, load_classifier
+from router.features import N_FEATURES, extract
 from router.schemas import ChatRequest
+from tests.test_features import VARIED, plain_extract, routing_prompts
 
 
 def chat(text: str) -> ChatRequest:
@@ -75,3 +77,46 @@ def test_four_megabyte_prompt_scores_quickly() -> None:
     assessment = classifier.assess(huge)
     assert time.perf_counter() - start < 0.05
     assert assessment.prompt_tokens > 1_000_000
+
+
+def plain_score(model: LinearClassifier, request: ChatRequest) -> float:
+    """The score as a dense dot product over the plain features, in numpy."""
+    features = plain_extract(request)
+    weights = model.weights[np.array(features.indices)].astype(np.float64)
+    margin = float(weights @ np.array(features.values)) + model.bias
+    if model.link == "logistic":
+        return 1.0 / (1.0 + math.exp(-min(max(margin, -60.0), 60.0)))
+    return min(max((margin + 1.0) / 2.0, 0.0), 1.0)
+
+
+def varied_requests() -> list[ChatRequest]:
+    short = [chat(f"Question {i}: what is the capital of France?") for i in range(5)]
+    words = " ".join(chr(97 + i % 26) + chr(97 + i // 26) for i in range(260))
+    long = [chat(f"Define {words[:n]}, step by step.") for n in (120, 300, len(words))]
+    built = [ChatRequest.model_validate({"model": "auto", **body}) for body in VARIED]
+    return short + long + built
+
+
+@pytest.mark.parametrize("link", ["logistic", "gain"])
+def test_scores_equal_the_plain_dot_product(link: Link) -> None:
+    shipped = load_classifier()
+    model = LinearClassifier(shipped.weights, shipped.bias, link, shipped.calibration)
+    requests = varied_requests()
+    sizes = {len(extract(r).buckets) for r in requests}
+    assert min(sizes) < 10 and max(sizes) > 100  # few buckets and many: both ways of summing
+    for request in requests:
+        assessment = model.assess(request)
+        assert abs(assessment.score - plain_score(model, request)) <= 1e-9
+        assert assessment.prompt_tokens == estimate_tokens(request)
+
+
+def test_shipped_scores_equal_the_plain_dot_product_on_routing_data() -> None:
+    classifier = load_classifier()
+    for prompt in routing_prompts():
+        request = chat(prompt)
+        assert abs(classifier.assess(request).score - plain_score(classifier, request)) <= 1e-9
+
+
+def test_weights_must_be_float32() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        LinearClassifier(np.zeros(N_FEATURES), 0.0, "gain", Calibration((0.0, 1.0)))
