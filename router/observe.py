@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, dataclass_transform
 
 from router.cost import Usage, cost_usd
 from router.decide import Decision
@@ -26,9 +26,18 @@ if TYPE_CHECKING:
     from router.pipeline import Routed
 
 NO_USAGE = Usage()
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def _read_only(cls: type[T]) -> type[T]:
+    """A slots dataclass that type-checks as frozen. At run time it is not frozen: a frozen
+    dataclass's `__init__` sets every field through `object.__setattr__`, which for a record
+    built on every request costs more than the metrics it feeds."""
+    return dataclass(slots=True)(cls)
+
+
+@_read_only
 class RequestRecord:
     """What happened to one chat request, built once when it finished (or failed)."""
 
@@ -146,9 +155,9 @@ class Observer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Flush the access and decision logs in the background while the app serves, and once
-        more at the end."""
-        flusher = asyncio.ensure_future(_flush_access_log_every(FLUSH_S))
+        """Flush the access and decision logs (and the metrics of a worker among several) in the
+        background while the app serves, and once more at the end."""
+        flusher = asyncio.ensure_future(self._flush_every(FLUSH_S))
         try:
             if self.decision_log is None:
                 yield
@@ -159,10 +168,14 @@ class Observer:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            flush_access_log()
+            self.flush()
 
-
-async def _flush_access_log_every(seconds: float) -> None:
-    while True:
-        await asyncio.sleep(seconds)
+    def flush(self) -> None:
+        """Write out the buffered access lines and, in multiprocess mode, the metrics."""
+        self.metrics.flush()
         flush_access_log()
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()

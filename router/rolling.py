@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from router.decide import Decision
     from router.observe import RequestRecord
 
 BUCKET_S = 10
@@ -37,6 +38,26 @@ class _Tier:
     ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
 
+_Recent = tuple[str, float, "Decision", str, float, float]  # id, at, decision, cache, ms, cost
+
+
+def _recent_row(
+    request_id: str, at: float, decision: Decision, cache: str, latency_ms: float, cost: float
+) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "at": at,
+        "alias": decision.alias,
+        "tier": decision.tier,
+        "score": round(decision.score, 4),
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "cache": cache,
+        "latency_ms": round(latency_ms, 1),
+        "cost_usd": cost,
+    }
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in [0, 1]) of unsorted values; None when there are none."""
     if not values:
@@ -57,49 +78,45 @@ class Rolling:
         self.baseline_usd = 0.0
         self.tiers: dict[str, _Tier] = {}
         self.buckets: deque[_Bucket] = deque()
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.recent: deque[_Recent] = deque(maxlen=RECENT)
 
     def add(self, record: RequestRecord) -> None:
         self.requests += 1
         decision = record.decision
+        cost = record.cost_usd
         if record.status >= 400 or decision is None:
             self.errors += 1
-            self.spend_usd += record.cost_usd  # a stream cut short is charged what it streamed
+            self.spend_usd += cost  # a stream cut short is charged what it streamed
             return
-        self.cache[record.cache] = self.cache.get(record.cache, 0) + 1
-        self.spend_usd += record.cost_usd
+        cache = record.cache
+        self.cache[cache] = self.cache.get(cache, 0) + 1
+        self.spend_usd += cost
         self.baseline_usd += record.baseline_usd
-        tier = self.tiers.get(decision.tier)
+        savings = record.savings_usd
+        name = decision.tier
+        tier = self.tiers.get(name)
         if tier is None:
-            tier = self.tiers[decision.tier] = _Tier(record.tier_rank)
+            tier = self.tiers[name] = _Tier(record.tier_rank)
         tier.requests += 1
-        tier.spend_usd += record.cost_usd
-        tier.savings_usd += record.savings_usd
-        if record.cache != "hit":
+        tier.spend_usd += cost
+        tier.savings_usd += savings
+        if cache != "hit":
             tier.latency_ms.append(record.latency_ms)
         if record.ttft_ms is not None:
             tier.ttft_ms.append(record.ttft_ms)
         bucket = self._bucket(record.at)
-        bucket.tiers[decision.tier] = bucket.tiers.get(decision.tier, 0) + 1
-        bucket.spend_usd += record.cost_usd
-        bucket.savings_usd += record.savings_usd
-        bucket.hits += record.cache == "hit"
-        self.recent.append(
-            {
-                "id": record.request_id,
-                "at": record.at,
-                "alias": decision.alias,
-                "tier": decision.tier,
-                "score": round(decision.score, 4),
-                "rule": decision.rule,
-                "reason": decision.reason,
-                "cache": record.cache,
-                "latency_ms": round(record.latency_ms, 1),
-                "cost_usd": record.cost_usd,
-            }
-        )
+        bucket.tiers[name] = bucket.tiers.get(name, 0) + 1
+        bucket.spend_usd += cost
+        bucket.savings_usd += savings
+        bucket.hits += cache == "hit"
+        # the snapshot, not every request, turns these into the dashboard's rows
+        self.recent.append((record.request_id, record.at, decision, cache, record.latency_ms, cost))
 
     def _bucket(self, at: float) -> _Bucket:
+        if self.buckets:
+            last = self.buckets[-1]
+            if last.start <= at < last.start + self.bucket_s:
+                return last  # still the newest bucket: older ones were dropped when it began
         start = at - at % self.bucket_s
         if not self.buckets or self.buckets[-1].start < start:
             self.buckets.append(_Bucket(start))
@@ -138,7 +155,7 @@ class Rolling:
                 for b in self.buckets
                 if b.start > horizon
             ],
-            "recent": list(reversed(self.recent)),
+            "recent": [_recent_row(*recent) for recent in reversed(self.recent)],
         }
 
     @staticmethod

@@ -149,3 +149,47 @@ def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 0.5) == 50.0 and percentile(values, 0.95) == 95.0
     assert percentile([7.0], 0.95) == 7.0 and percentile([], 0.5) is None
+
+
+def test_recent_decisions_newest_first_and_rounded() -> None:
+    rolling = Rolling()
+    decision = Decision("auto", "pro", "m", "enabled", "high", 0.123456789, "threshold", "why")
+    for i in range(40):
+        at = 1000.0 + i
+        record = RequestRecord(f"r{i}", 200, decision, latency_ms=12.3456, cost_usd=0.5, at=at)
+        rolling.add(record)
+    recent = rolling.snapshot(now=1040.0)["recent"]
+    assert [row["id"] for row in recent] == [f"r{i}" for i in range(39, 9, -1)]
+    assert recent[0] == {
+        "id": "r39",
+        "at": 1039.0,
+        "alias": "auto",
+        "tier": "pro",
+        "score": 0.1235,
+        "rule": "threshold",
+        "reason": "why",
+        "cache": "bypass",
+        "latency_ms": 12.3,
+        "cost_usd": 0.5,
+    }
+    assert list(recent[0]) == [
+        "id",
+        "at",
+        "alias",
+        "tier",
+        "score",
+        "rule",
+        "reason",
+        "cache",
+        "latency_ms",
+        "cost_usd",
+    ]
+
+
+def test_records_in_one_bucket_add_up_and_a_late_record_joins_the_newest() -> None:
+    rolling = Rolling(bucket_s=10, window_s=30)
+    for at in (100.0, 105.0, 109.999, 110.0, 140.0, 120.0):  # the last one arrives late
+        rolling.add(_served("flash", 0, at, 1.0))
+    series = rolling.snapshot(now=140.0)["series"]
+    assert [(b["t"], b["tiers"]) for b in series] == [(140.0, {"flash": 2})]
+    assert rolling.snapshot(now=140.0)["totals"]["requests"] == 6

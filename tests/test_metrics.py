@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.constrain import Spent
+from router.cost import Usage
 from router.decide import Decision
 from router.limits import BudgetLimit
+from router.logs import FLUSH_S
 from router.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
-from router.observe import RequestRecord
+from router.observe import Observer, RequestRecord
+from router.policy import Observability
 from router.simulator import RunningSimulator
 from tests.conftest import flashpro_process, wait_until
 from tests.traffic import Sent, observed_flashpro, send_mix
@@ -24,12 +32,22 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(base: str) -> Samples:
-    text = httpx.get(base + "/metrics", timeout=10).text
+    return samples_of(httpx.get(base + "/metrics", timeout=10).text)
+
+
+def samples_of(text: str) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
+
+
+def files(path: Path) -> Samples:
+    """What the workers wrote to a PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    return samples_of(generate_latest(registry).decode())
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -176,12 +194,22 @@ def test_two_workers_report_every_request(tmp_path: Path) -> None:
             ThreadPoolExecutor(8) as pool,
         ):
             assert list(pool.map(lambda i: ask(client, i), range(24))) == [200] * 24
-        scrapes = [scrape(running.base) for _ in range(4)]
+            # each worker writes its counts to its file every FLUSH_S
+            wait_until(
+                lambda: total(scrape(running.base), "flashpro_requests_total") == 24,
+                timeout_s=10,
+                what="both workers' counts",
+            )
+            scrapes = [scrape(running.base) for _ in range(4)]
+            assert list(pool.map(lambda i: ask(client, i), range(6))) == [200] * 6
     workers = {path.stem.rsplit("_", 1)[-1] for path in tmp_path.glob("counter_*.db")}
     assert len(workers) == 2  # both workers answered requests ...
     for samples in scrapes:  # ... and whichever answers the scrape reports all of them
         assert total(samples, "flashpro_requests_total", tier="flash") == 24
         assert total(samples, "flashpro_upstream_latency_seconds_count", tier="flash") == 24
+    left = files(tmp_path)  # the last requests, written when the workers stopped
+    assert total(left, "flashpro_requests_total", tier="flash") == 30
+    assert total(left, "flashpro_upstream_latency_seconds_count", tier="flash") == 30
 
 
 def test_streams_cut_short_are_counted(
@@ -229,3 +257,102 @@ def test_breaker_states_are_read_at_scrape_time(observed: str, mix: tuple[Sent, 
     samples = scrape(observed)
     for tier in ("flash", "pro", "pro-max"):
         assert total(samples, "flashpro_circuit_breaker_state", tier=tier) == 0  # closed
+
+
+def traffic(count: int, seed: int = 7) -> list[RequestRecord]:
+    """Records of every kind: each tier and outcome, hits and misses, streams, and upstream
+    times exactly on a bucket bound and past the last one."""
+    rng = random.Random(seed)
+    bounds = [50.0, 1000.0, 300_000.0, 400_000.0]  # ms
+    records = []
+    for i in range(count):
+        tier = rng.choice(["flash", "pro", "pro-max"])
+        alias = rng.choice(["auto", None])
+        decision = Decision(alias, tier, "m", "disabled", None, rng.random(), "threshold", "r")
+        status = 200 if i < 5 else rng.choice([200, 200, 200, 200, 404, 499, 500])
+        cache = "miss" if i < 5 else rng.choice(["hit", "miss", "bypass"])
+        upstream = None if cache == "hit" else rng.uniform(1, 9000)
+        if 0 < i < 5:
+            upstream = bounds[i - 1]
+        records.append(
+            RequestRecord(
+                f"r{i}",
+                status,
+                decision if i % 20 else None,
+                options=Observability(tenant_labels=i % 3 == 0),
+                error=None if status < 400 else "upstream_error",
+                cache=cache,
+                group=rng.choice([None, "research"]),
+                usage=Usage(rng.randint(0, 900), rng.randint(0, 400), rng.choice([0, 64]), 8),
+                cost_usd=rng.choice([0.0, rng.random() / 100]),
+                baseline_usd=rng.choice([0.0, rng.random() / 50]),
+                upstream_ms=upstream,
+                ttft_ms=upstream / 4 if upstream is not None and i % 4 == 0 else None,
+            )
+        )
+    return records
+
+
+def comparable(metrics: Metrics) -> str:
+    """The exposition text without what depends on the clock."""
+    text = metrics.render()[0].decode()
+    return re.sub(
+        r"^(flashpro_\w+_created\S*|flashpro_start_time_seconds) .*$", r"\1", text, flags=re.M
+    )
+
+
+def test_request_metrics_read_exactly_as_prometheus_client_counts_them() -> None:
+    ours, reference = Metrics(), Metrics(multiprocess=True)  # the latter writes to client metrics
+    for record in traffic(400):
+        ours.request_done(record)
+        reference.request_done(record)
+    reference.flush()
+    assert comparable(ours) == comparable(reference)
+    samples = samples_of(ours.render()[0].decode())
+    bucket = "flashpro_upstream_latency_seconds_bucket"
+    assert total(samples, bucket, le="0.05") >= 1  # an observation on a bound is counted in it
+    assert total(samples, bucket, le="+Inf") > total(samples, bucket, le="300.0")
+    assert total(samples, "flashpro_time_to_first_token_seconds_count") > 0
+
+
+def test_request_metrics_are_current_at_scrape_time() -> None:
+    metrics = Metrics()
+    get = metrics.registry.get_sample_value
+    record = traffic(2)[1]
+    assert record.decision is not None and record.upstream_ms is not None
+    labels = {"tier": record.decision.tier}
+    metrics.request_done(record)
+    assert get("flashpro_upstream_latency_seconds_count", labels) == 1
+    metrics.request_done(record)
+    assert get("flashpro_upstream_latency_seconds_count", labels) == 2
+    assert b"flashpro_requests_total{" in metrics.render()[0]
+
+
+def test_worker_metrics_reach_the_shared_counts_when_flushed() -> None:
+    metrics = Metrics(multiprocess=True)
+    get = metrics.registry.get_sample_value
+    record = traffic(2)[1]
+    assert record.decision is not None and record.upstream_ms is not None
+    labels = {"tier": record.decision.tier}
+    metrics.request_done(record)
+    assert get("flashpro_upstream_latency_seconds_count", labels) is None
+    metrics.flush()
+    assert get("flashpro_upstream_latency_seconds_count", labels) == 1
+    assert get("flashpro_cache_requests_total", {**labels, "result": record.cache}) == 1
+    metrics.flush()  # nothing new: nothing added twice
+    assert get("flashpro_upstream_latency_seconds_count", labels) == 1
+    assert get("flashpro_cache_requests_total", {**labels, "result": record.cache}) == 1
+
+
+async def test_the_observer_flushes_worker_metrics_while_serving_and_at_exit() -> None:
+    observer = Observer(metrics=Metrics(multiprocess=True))
+    get = observer.metrics.registry.get_sample_value
+    record = traffic(2)[1]
+    assert record.decision is not None and record.upstream_ms is not None
+    labels = {"tier": record.decision.tier}
+    async with observer.running():
+        observer.request_done(record)
+        await asyncio.sleep(FLUSH_S * 2.5)
+        assert get("flashpro_upstream_latency_seconds_count", labels) == 1
+        observer.request_done(record)
+    assert get("flashpro_upstream_latency_seconds_count", labels) == 2
