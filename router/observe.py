@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING
 
 from router.cost import Usage, cost_usd
 from router.decide import Decision
@@ -26,18 +26,9 @@ if TYPE_CHECKING:
     from router.pipeline import Routed
 
 NO_USAGE = Usage()
-T = TypeVar("T")
 
 
-@dataclass_transform(frozen_default=True, field_specifiers=(field,))
-def _read_only(cls: type[T]) -> type[T]:
-    """A slots dataclass that type-checks as frozen. At run time it is not frozen: a frozen
-    dataclass's `__init__` sets every field through `object.__setattr__`, which for a record
-    built on every request costs more than the metrics it feeds."""
-    return dataclass(slots=True)(cls)
-
-
-@_read_only
+@dataclass(slots=True)  # not frozen: a frozen __init__ sets each field via object.__setattr__
 class RequestRecord:
     """What happened to one chat request, built once when it finished (or failed)."""
 
