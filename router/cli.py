@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router.policy import Policy, PolicyError, json_schema, load_policy
+
+if TYPE_CHECKING:
+    from router.simulator import SimulatorConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -53,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=run_serve)
 
     simulate = commands.add_parser("simulate-upstream", help="run the simulated DeepSeek server")
-    from router import simulator
-
-    simulator.add_cli_arguments(simulate)
+    add_simulator_arguments(simulate)
     simulate.set_defaults(handler=run_simulate)
 
     explain = commands.add_parser("route", help="show how a prompt would be routed")
@@ -237,9 +241,60 @@ def run_simulate(args: argparse.Namespace) -> int:
     from router import simulator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = simulator.config_from_args(args)
+    config = simulator_config(args)
     simulator.serve(config, args.host, args.port)
     return 0
+
+
+def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier; 0 = none")
+    for flag, unit in (("--ttft-ms", "MS"), ("--tokens-per-s", "N")):
+        parser.add_argument(
+            flag,
+            action="append",
+            type=_model_value,
+            default=[],
+            metavar=f"MODEL={unit}",
+            help="override one model's profile (repeatable); an unknown MODEL adds a model",
+        )
+    parser.add_argument("--api-key", default=None, help="require this bearer token")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
+    parser.add_argument("--fault-status", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-output-tokens", type=int, default=400)
+
+
+def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
+    from router.simulator import SimulatorConfig, default_profiles
+
+    profiles = default_profiles()
+    base = profiles["deepseek-v4-flash"]
+    for model, ms in args.ttft_ms:
+        profiles[model] = replace(profiles.get(model, base), ttft_ms=ms)
+    for model, rate in args.tokens_per_s:
+        profiles[model] = replace(profiles.get(model, base), tokens_per_s=rate)
+    return SimulatorConfig(
+        profiles=profiles,
+        speed=args.speed,
+        api_key=args.api_key,
+        fault_rate=args.fault_rate,
+        fault_status=args.fault_status,
+        seed=args.seed,
+        max_output_tokens=args.max_output_tokens,
+    )
+
+
+def _model_value(text: str) -> tuple[str, float]:
+    model, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not model or not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"expected MODEL=NUMBER, got {text!r}")
+    return model, number
 
 
 def run_serve(args: argparse.Namespace) -> int:

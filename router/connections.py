@@ -14,8 +14,8 @@ of that. It does only what the transport needs:
   idle: the keep-alive race) is sent once more on a new connection.
 - TLS with the given `ssl.SSLContext` (default: the system's trust store, as aiohttp and the
   standard library use), the server name checked.
-- HTTP proxies: a CONNECT tunnel for `https` targets (TLS inside it), absolute-form requests
-  for `http` ones; `user:password@` in the proxy URL becomes `Proxy-Authorization: Basic`.
+- HTTP proxies: a CONNECT tunnel for `https` targets (TLS inside it); for `http` ones the
+  request head already has the absolute form (targets are prepared by router/transport.py).
 - A connect timeout and a read timeout that, as httpx's and aiohttp's `sock_read`, limits the
   time between two reads, not the whole answer (a stream may last minutes).
 
@@ -27,14 +27,13 @@ which the transport maps once.
 from __future__ import annotations
 
 import asyncio
-import base64
+import functools
 import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -68,49 +67,6 @@ class Target:
 
     origin: Origin
     head: bytes  # request line, Host (and Proxy-Authorization for a plain-http proxy)
-
-
-def target(url: str, proxy_url: str | None = None) -> Target:
-    """Prepare `url` (http or https), reached directly or through the HTTP proxy `proxy_url`."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    proxy = _proxy(proxy_url) if proxy_url else None
-    host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
-    authority = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        authority = f"{authority}:{port}"
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    lines = [f"POST {path} HTTP/1.1", f"host: {authority}"]
-    if proxy is not None and scheme == "http":  # a forward proxy takes the absolute form
-        lines[0] = f"POST {scheme}://{authority}{path} HTTP/1.1"
-        if proxy.authorization:
-            lines.append(f"proxy-authorization: {proxy.authorization.decode()}")
-    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    return Target(Origin(scheme, host, port, proxy), head)
-
-
-def _proxy(url: str) -> Proxy:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme.lower() != "http" or not parts.hostname:
-        raise ValueError(f"only http:// proxies are supported, not {url!r}")
-    authorization = None
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = b"Basic " + base64.b64encode(credentials.encode())
-    return Proxy(parts.hostname, parts.port or 80, authorization)
-
-
-def header_line(name: str, value: str) -> bytes:
-    """One request header line; a line break in a value (a key pasted with its newline) would
-    end the head early, so it is refused."""
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"the {name} header has a line break")
-    return f"{name}: {value}\r\n".encode("latin-1")
 
 
 class Response:
@@ -233,12 +189,9 @@ class _Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.closed = True
-            self.pool.closed(self)
+        self._forget()
         if not self.complete or self.tunnel is not None:
             self._fail(exc or ProtocolFailure("the upstream closed the connection"))
-        self._stop_timer()
 
     # httptools callbacks
 
@@ -316,22 +269,22 @@ class _Connection(asyncio.Protocol):
             return
         self.in_flight = False
         self._stop_timer()
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
         if self.complete and self.keep_alive and not self.closed and self.error is None:
-            self.body.clear()
-            self.buffered = 0
+            self.take()  # drops anything left unread, and reads again if a stream paused
             self.pool.idle(self)
         else:
             self.close()
 
     def close(self) -> None:
+        self._forget()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _forget(self) -> None:
+        """Out of the pool's count (once), and no read timer left behind."""
         if not self.closed:
             self.closed = True
             self.pool.closed(self)
-        if self.transport is not None:
-            self.transport.close()
         self._stop_timer()
 
     async def open_tunnel(self, authority: str, authorization: bytes | None) -> None:
@@ -529,11 +482,7 @@ class Pool:
                 return
 
 
-_CONTEXT: list[ssl.SSLContext] = []
-
-
+@functools.cache
 def _default_context() -> ssl.SSLContext:
     """The system trust store, made once (loading it costs milliseconds)."""
-    if not _CONTEXT:
-        _CONTEXT.append(ssl.create_default_context())
-    return _CONTEXT[0]
+    return ssl.create_default_context()

@@ -6,9 +6,7 @@ them: routes, auth, latency, streaming, DeepSeek's prefix cache, a request log a
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import math
 import os
 import random
 import socket
@@ -468,52 +466,3 @@ def _uvicorn_config(
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
     )
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier; 0 = none")
-    for flag, unit in (("--ttft-ms", "MS"), ("--tokens-per-s", "N")):
-        parser.add_argument(
-            flag,
-            action="append",
-            type=_model_value,
-            default=[],
-            metavar=f"MODEL={unit}",
-            help="override one model's profile (repeatable); an unknown MODEL adds a model",
-        )
-    parser.add_argument("--api-key", default=None, help="require this bearer token")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
-    parser.add_argument("--fault-status", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-output-tokens", type=int, default=400)
-
-
-def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    profiles = default_profiles()
-    base = profiles["deepseek-v4-flash"]
-    for model, ms in args.ttft_ms:
-        profiles[model] = replace(profiles.get(model, base), ttft_ms=ms)
-    for model, rate in args.tokens_per_s:
-        profiles[model] = replace(profiles.get(model, base), tokens_per_s=rate)
-    return SimulatorConfig(
-        profiles=profiles,
-        speed=args.speed,
-        api_key=args.api_key,
-        fault_rate=args.fault_rate,
-        fault_status=args.fault_status,
-        seed=args.seed,
-        max_output_tokens=args.max_output_tokens,
-    )
-
-
-def _model_value(text: str) -> tuple[str, float]:
-    model, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not sep or not model or not math.isfinite(number) or number < 0:
-        raise argparse.ArgumentTypeError(f"expected MODEL=NUMBER, got {text!r}")
-    return model, number

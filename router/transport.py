@@ -10,15 +10,17 @@ that does not start with `deepseek/` (`ByProvider`), and all of them when
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import orjson
 
-from router.connections import Pool, Response, Target, header_line, target
+from router.connections import Origin, Pool, Proxy, Response, Target
 from router.cost import Usage
 from router.errors import FlashproError, UpstreamError
 from router.upstream import (
@@ -124,6 +126,49 @@ def _drop_unsupported_tools(body: dict[str, Any]) -> None:
         wanted = (choice.get("function") or {}).get("name")
         if choice.get("type") != "function" or wanted not in names:
             del body["tool_choice"]
+
+
+def target(url: str, proxy_url: str | None = None) -> Target:
+    """Prepare `url` (http or https), reached directly or through the HTTP proxy `proxy_url`."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if scheme == "https" else 80)
+    proxy = _proxy(proxy_url) if proxy_url else None
+    host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
+    authority = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        authority = f"{authority}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    lines = [f"POST {path} HTTP/1.1", f"host: {authority}"]
+    if proxy is not None and scheme == "http":  # a forward proxy takes the absolute form
+        lines[0] = f"POST {scheme}://{authority}{path} HTTP/1.1"
+        if proxy.authorization:
+            lines.append(f"proxy-authorization: {proxy.authorization.decode()}")
+    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    return Target(Origin(scheme, host, port, proxy), head)
+
+
+def _proxy(url: str) -> Proxy:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        raise ValueError(f"only http:// proxies are supported, not {url!r}")
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = b"Basic " + base64.b64encode(credentials.encode())
+    return Proxy(parts.hostname, parts.port or 80, authorization)
+
+
+def header_line(name: str, value: str) -> bytes:
+    """One request header line; a line break in a value (a key pasted with its newline) would
+    end the head early, so it is refused."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the {name} header has a line break")
+    return f"{name}: {value}\r\n".encode("latin-1")
 
 
 @dataclass

@@ -15,12 +15,11 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # the cost-map switch above must come first
 
+from router.cli import add_simulator_arguments, simulator_config
 from router.simulator import (
     ModelProfile,
     RunningSimulator,
     SimulatorConfig,
-    add_cli_arguments,
-    config_from_args,
     default_profiles,
     start_in_thread,
 )
@@ -531,7 +530,7 @@ def test_stream_is_paced_in_small_chunks(paced: httpx.Client) -> None:
 
 def test_cli_arguments_build_the_config() -> None:
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_simulator_arguments(parser)
     args = parser.parse_args(
         [
             "--speed",
@@ -544,7 +543,7 @@ def test_cli_arguments_build_the_config() -> None:
             "k",
         ]
     )
-    config = config_from_args(args)
+    config = simulator_config(args)
     assert config.speed == 0 and config.api_key == "k"
     assert config.profiles[PRO].ttft_ms == 50 and config.profiles[PRO].tokens_per_s == 30
     assert config.profiles["deepseek-new"].tokens_per_s == 99
