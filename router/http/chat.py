@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -32,6 +32,7 @@ from router.errors import (
     RouteNotFound,
     internal_error_envelope,
 )
+from router.http.exchange import Exchange, sse
 from router.pipeline import (
     Answer,
     Deps,
@@ -45,7 +46,7 @@ from router.pipeline import (
 from router.routing.decision import Decision
 from router.routing.routed import Routed
 from router.schemas import ChatRequest
-from router.state.cache import CacheStatus
+from router.state.cache import CachePlan, CacheStatus
 
 log = logging.getLogger("flashpro")
 
@@ -57,8 +58,6 @@ Send = Callable[[Message], Awaitable[None]]
 CHAT_PATH = "/v1/chat/completions"
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _JSON = (b"content-type", b"application/json")
-_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
-_NO_CACHE = (b"cache-control", b"no-cache")
 _ids = itertools.count()
 _ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across workers
 
@@ -196,51 +195,6 @@ async def send_json(send: Send, status: int, body: Any, headers: Mapping[str, st
     await send({"type": "http.response.body", "body": data})
 
 
-async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """Server-sent events; an upstream failure mid-stream becomes an error event, then [DONE]."""
-    try:
-        async for data in chunks:
-            yield b"data: " + orjson.dumps(data) + b"\n\n"
-    except FlashproError as exc:
-        yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
-    yield b"data: [DONE]\n\n"
-
-
-async def send_stream(
-    send: Send, receive: Receive, events: AsyncIterator[bytes], headers: Mapping[str, str]
-) -> None:
-    """Write the events as they come; if the client disconnects, stop at once (the upstream
-    stream is closed and the request is observed as cut, status 499)."""
-    raw = [_SSE, _NO_CACHE, *_raw(headers)]
-    await send({"type": "http.response.start", "status": 200, "headers": raw})
-    task = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        if task is not None:
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        try:
-            async for event in events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        except Exception:  # the status is sent: end the body early, the client sees no [DONE]
-            log.exception("stream %s: unexpected error", headers.get("x-flashpro-request-id"))
-        await send({"type": "http.response.body", "body": b""})
-    except asyncio.CancelledError:
-        if not gone:
-            raise  # a shutdown, not the client leaving
-        if task is not None:
-            task.uncancel()
-    finally:
-        watcher.cancel()
-
-
 class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
@@ -254,19 +208,21 @@ class ChatEndpoint:
         rid = request_id_for(headers.get("x-request-id"))
         deps = self.deps_of()
         routed: Routed | None = None
+        exchange = Exchange(send, receive)
         try:
             if scope["method"] != "POST":
                 raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
             body = await read_body(receive, headers, self.max_body_bytes)
+            exchange.watch()  # from here on, a client that leaves cancels the work
             chat = self.intake.parse(body)
             routed = await admit(deps, chat, headers, rid)
             plan = cache_plan(deps, routed, headers)
             if chat.stream:
-                opened = await open_stream(deps, routed, plan)
-                await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
+                await self._stream(deps, routed, plan, exchange, rid)
                 return
-            answer = await complete(deps, routed, plan)
+            answer = await complete(deps, routed, plan, lambda: exchange.gone)
             out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+            exchange.close()
             await send_json(send, 200, answer.body, out)
         except ClientGone:
             observe(deps, routed, request_id=rid, status=499, error="client_disconnected")
@@ -274,10 +230,44 @@ class ChatEndpoint:
             observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error")
             if exc.status >= 500:
                 log.warning("request %s failed: %s", rid, exc.message)
+            exchange.close()
+            if exchange.started:  # a stream committed while the upstream queued it
+                await exchange.fail(exc)
+                return
             out = {**exc.headers, "x-flashpro-request-id": rid}
             await send_json(send, exc.status, exc.envelope(), out)
+        except asyncio.CancelledError:
+            if not exchange.left():
+                raise  # the server is shutting down
+            if routed is None:  # else the pipeline recorded it, with what it charged
+                observe(deps, None, request_id=rid, status=499, error="client_disconnected")
         except Exception as exc:
             log.exception("request %s: unexpected error", rid, exc_info=exc)
             observe(deps, routed, request_id=rid, status=500, error="internal_error")
+            exchange.close()
+            if exchange.started:
+                await exchange.fail(FlashproError(internal_error_envelope(rid)["error"]["message"]))
+                return
             out = {"x-flashpro-request-id": rid}
             await send_json(send, 500, internal_error_envelope(rid), out)
+        finally:
+            exchange.close()
+
+    async def _stream(
+        self, deps: Deps, routed: Routed, plan: CachePlan, exchange: Exchange, rid: str
+    ) -> None:
+        """Open the stream (keep-alives while the upstream queues it commit the answer with
+        the routing headers known then), then relay it."""
+        opened = await open_stream(
+            deps,
+            routed,
+            plan,
+            exchange.keep_alive(lambda: _routing_headers(routed, plan, rid)),
+            lambda: exchange.gone,
+        )
+        await exchange.stream(sse(opened.chunks), answer_headers(opened, rid))
+
+
+def _routing_headers(routed: Routed, plan: CachePlan, rid: str) -> dict[str, str]:
+    """A stream's headers before it is known which tier will answer: the first one tried."""
+    return {**decision_headers(routed.decision, rid), "x-flashpro-cache": plan.status}

@@ -3,7 +3,11 @@ call. The chain and the delays are pure functions; `Resilience` keeps the breake
 and sleeps between attempts.
 
 Only failures that another attempt may cure are retried: 429, 5xx, timeouts and dropped
-connections (`RETRYABLE`). Any other 4xx is the request's fault and is raised at once.
+connections (`RETRYABLE`); they are also the only ones a breaker counts, as they say something
+about the tier's health. Any other 4xx (400, 404, 413, 422...) is the request's fault: raised at
+once, and to the breaker the tier answered. A first-byte timeout (a request queued upstream)
+falls back at once: the same tier would queue the retry too. A full connection pool
+(`UpstreamBusy`) is flashpro's own limit: raised at once, counted for nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import TypeVar
 from router.errors import (
     FlashproError,
     ServiceUnavailable,
+    UpstreamBusy,
     UpstreamError,
+    UpstreamQueued,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
@@ -165,10 +171,17 @@ class Resilience:
                 except RETRYABLE as exc:
                     circuit.failed(policy.breaker, self._clock())
                     last, reason = exc, reason or exc.code or "upstream_error"
-                    if retry + 1 >= policy.retries.max_attempts or circuit.opened_at is not None:
+                    if (
+                        isinstance(exc, UpstreamQueued)
+                        or retry + 1 >= policy.retries.max_attempts
+                        or circuit.opened_at is not None
+                    ):
                         break
                     await self._sleep(delay_s(policy.retries, retry, exc))
                     continue
+                except UpstreamBusy:
+                    circuit.abandoned()  # the upstream was not reached: nothing learnt
+                    raise
                 except FlashproError:
                     circuit.succeeded()  # the tier answered; the request was at fault
                     raise

@@ -2,20 +2,19 @@
 
 litellm's per-call cost (parameter mapping, logging hooks, response objects) dominated a
 benchmark of flashpro against a zero-latency upstream; `DirectUpstream` speaks DeepSeek's wire
-format itself with the request shaping litellm's `DeepSeekChatConfig` applies, a keep-alive
-connection pool, and the error table of `router.upstream.base`. litellm still serves every model id
+format itself with the request shaping litellm's `DeepSeekChatConfig` applies, over the pooled
+HTTP client of upstream/client.py (aiohttp), with the error table of `router.upstream.base`. litellm still serves every model id
 that does not start with `deepseek/` (`ByProvider`), and all of them when
 `FLASHPRO_TRANSPORT=litellm`.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import orjson
@@ -23,6 +22,7 @@ import orjson
 from router.errors import FlashproError, UpstreamError
 from router.routing.cost import Usage
 from router.upstream.base import (
+    KEEP_ALIVE,
     Chunk,
     Completion,
     LiteLLMUpstream,
@@ -30,9 +30,9 @@ from router.upstream.base import (
     UpstreamCall,
     error_for_status,
     scrub,
-    transport_failure,
 )
-from router.upstream.connections import Origin, Pool, Proxy, Response, Target
+from router.upstream.client import ClientLimits, HttpClient, Response
+from router.upstream.sse import EventDecoder, EventStreamError
 
 Transport = Literal["direct", "litellm"]
 
@@ -128,123 +128,83 @@ def _drop_unsupported_tools(body: dict[str, Any]) -> None:
             del body["tool_choice"]
 
 
-def target(url: str, proxy_url: str | None = None) -> Target:
-    """Prepare `url` (http or https), reached directly or through the HTTP proxy `proxy_url`."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    proxy = _proxy(proxy_url) if proxy_url else None
-    host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
-    authority = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        authority = f"{authority}:{port}"
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    lines = [f"POST {path} HTTP/1.1", f"host: {authority}"]
-    if proxy is not None and scheme == "http":  # a forward proxy takes the absolute form
-        lines[0] = f"POST {scheme}://{authority}{path} HTTP/1.1"
-        if proxy.authorization:
-            lines.append(f"proxy-authorization: {proxy.authorization.decode()}")
-    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    return Target(Origin(scheme, host, port, proxy), head)
-
-
-def _proxy(url: str) -> Proxy:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme.lower() != "http" or not parts.hostname:
-        raise ValueError(f"only http:// proxies are supported, not {url!r}")
-    authorization = None
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = b"Basic " + base64.b64encode(credentials.encode())
-    return Proxy(parts.hostname, parts.port or 80, authorization)
-
-
-def header_line(name: str, value: str) -> bytes:
-    """One request header line; a line break in a value (a key pasted with its newline) would
-    end the head early, so it is refused."""
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"the {name} header has a line break")
-    return f"{name}: {value}\r\n".encode("latin-1")
-
-
 @dataclass
 class DirectUpstream:
-    """DeepSeek over flashpro's own keep-alive HTTP/1.1 pool (router/upstream/connections.py), errors
-    mapped once.
+    """DeepSeek over one pooled aiohttp session (upstream/client.py), errors mapped once.
 
-    Neither httpx nor aiohttp: against the simulator at 8 concurrent requests, httpx's pool spent
+    aiohttp rather than httpx: against the simulator at 8 concurrent requests httpx's pool spent
     about 1.6 ms of CPU a request (it polls every pooled socket to check expiry) and aiohttp's
-    client about 0.18 ms, most of a proxied request's CPU beside flashpro's own work; the pool
-    here does the one thing needed, a POST and its answer (bench/README.md has the figures).
+    client about 0.12 ms (bench/README.md has the figures).
     """
 
     secrets: tuple[str, ...] = field(default_factory=tuple)  # scrubbed from error messages
     default_api_base: str = DEFAULT_API_BASE
-    max_connections: int = 4096  # a stream holds a connection for its whole length
+    limits: ClientLimits = field(default_factory=ClientLimits)
     ssl_context: ssl.SSLContext | None = None  # None: the system's trust store
-    _pool: Pool | None = field(default=None, init=False, repr=False)
-    # per base URL: the prepared target (proxy settings are read once, see `_target`)
-    _targets: dict[str, Target] = field(default_factory=dict, init=False, repr=False)
-    _fields: dict[tuple[str | None, bool], bytes] = field(
+    _http: HttpClient | None = field(default=None, init=False, repr=False)
+    # per base URL: the proxy to use (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once)
+    _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _headers: dict[tuple[str | None, bool], dict[str, str]] = field(
         default_factory=dict, init=False, repr=False
     )
 
-    def _connections(self) -> Pool:
-        if self._pool is None:
-            self._pool = Pool(self.ssl_context, limit=self.max_connections)
-        return self._pool
+    def _client(self) -> HttpClient:
+        if self._http is None:
+            self._http = HttpClient(self.limits, self.ssl_context)
+        return self._http
 
-    async def _post(self, call: UpstreamCall, *, stream: bool) -> Response:
+    async def _post(self, call: UpstreamCall, *, stream: bool) -> tuple[Response, float | None]:
+        """Send the call; the answer's head, and when its first byte is due (loop time)."""
+        deadlines = call.deadlines
+        first_byte_at = None
+        if deadlines.first_byte_s is not None:
+            first_byte_at = asyncio.get_running_loop().time() + deadlines.first_byte_s
         body = orjson.dumps(request_body(call, stream=stream))
+        base = (call.api_base or self.default_api_base).rstrip("/")
         try:
-            to = self._target(call.api_base or self.default_api_base)
-            fields = self._header_fields(call.api_key, stream)
+            headers = self._request_headers(call.api_key, stream)
         except ValueError as exc:
             raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
-        try:
-            return await self._connections().post(to, fields, body, call.timeout_s)
-        except _FAILURES as exc:
-            raise _failure(exc) from exc
+        response = await self._client().post(
+            base + "/chat/completions",
+            headers,
+            body,
+            deadlines,
+            call.timeout_s,
+            self._proxy(base),
+            first_byte_at,
+        )
+        return response, first_byte_at
 
-    def _target(self, base: str) -> Target:
-        """The base URL's target, with HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base URL
-        (reading them per request cost 4% of a request's CPU)."""
-        prepared = self._targets.get(base)
-        if prepared is None:
-            base = base.rstrip("/")
+    def _proxy(self, base: str) -> str | None:
+        """The proxy for a base URL, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base
+        URL (reading them per request cost 4% of a request's CPU)."""
+        if base not in self._proxies:
             scheme, _, rest = base.partition("://")
-            host = rest.split("/", 1)[0]
+            host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
             proxy = getproxies().get(scheme.lower())
-            if proxy is not None and proxy_bypass(host):
-                proxy = None
-            prepared = self._targets[base] = target(base + "/chat/completions", proxy)
-        return prepared
+            self._proxies[base] = None if proxy is None or proxy_bypass(host) else proxy
+        return self._proxies[base]
 
-    def _header_fields(self, api_key: str | None, stream: bool) -> bytes:
-        fields = self._fields.get((api_key, stream))
-        if fields is None:
-            accept = "text/event-stream" if stream else "application/json"
-            fields = b"".join(
-                (
-                    header_line("content-type", "application/json"),
-                    header_line("accept", accept),
-                    header_line("accept-encoding", "identity"),
-                    header_line("user-agent", "flashpro"),
-                    header_line("authorization", f"Bearer {api_key}") if api_key else b"",
-                )
-            )
-            self._fields[(api_key, stream)] = fields
-        return fields
+    def _request_headers(self, api_key: str | None, stream: bool) -> dict[str, str]:
+        headers = self._headers.get((api_key, stream))
+        if headers is None:
+            headers = {
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+                "accept-encoding": "identity",
+                "user-agent": "flashpro",
+            }
+            if api_key:
+                headers["authorization"] = header_value("authorization", f"Bearer {api_key}")
+            self._headers[(api_key, stream)] = headers
+        return headers
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        response = await self._post(call, stream=False)
-        raw = await _read(response)
-        if response.status >= 400:
-            raise self._rejection(response, raw)
+        response, first_byte_at = await self._post(call, stream=False)
+        if response.status >= 300:
+            raise await self._rejection(call, response)
+        raw = await response.read(first_byte_at)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -254,57 +214,70 @@ class DirectUpstream:
         return Completion(body=body, usage=Usage.from_wire(body.get("usage")))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
-        response = await self._post(call, stream=True)
-        if response.status >= 400:
-            raise self._rejection(response, await _read(response))
-        return _events(response)
+        response, first_byte_at = await self._post(call, stream=True)
+        if response.status >= 300:
+            raise await self._rejection(call, response)
+        return _events(response, first_byte_at)
 
-    def _rejection(self, response: Response, raw: bytes) -> FlashproError:
-        message = scrub(_error_message(raw), self.secrets)
+    async def _rejection(self, call: UpstreamCall, response: Response) -> FlashproError:
+        """An answer that is not a 2xx: an error status with its message (keys scrubbed, the
+        call's own included, so a key added by a policy reload is never echoed), or a 502 for
+        a status the API never sends (1xx such as 101, 3xx)."""
+        if response.status < 400:
+            response.close()
+            return UpstreamError(f"The upstream answered with status {response.status}.")
+        raw = await response.read()
+        secrets = (*self.secrets, call.api_key) if call.api_key else self.secrets
+        message = scrub(_error_message(raw), secrets)
         return error_for_status(response.status, message, response.headers.get("retry-after"))
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
-_FAILURES = (OSError,)  # connection failures, TLS errors and timeouts (connections.py)
+def header_value(name: str, value: str) -> str:
+    """A request header value; a line break in it (a key pasted with its newline) would end
+    the head early, so it is refused."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the {name} header has a line break")
+    return value
 
 
-def _failure(exc: BaseException) -> FlashproError:
-    """A timeout (connect or read) is a TimeoutError; the rest are connection errors."""
-    return transport_failure(timed_out=isinstance(exc, TimeoutError))
+_AFTER_DONE_BYTES = 64 * 1024  # read past [DONE] to the body's end, to pool the connection
 
 
-async def _read(response: Response) -> bytes:
-    try:
-        return await response.read()
-    except _FAILURES as exc:
-        raise _failure(exc) from exc
-
-
-async def _events(response: Response) -> AsyncIterator[Chunk]:
-    """Parse server-sent events into chunks until `[DONE]`; a drop raises UpstreamError."""
-    buffer = b""
+async def _events(response: Response, first_byte_at: float | None) -> AsyncIterator[Chunk]:
+    """The stream's events as chunks until `[DONE]`; `: keep-alive` comments before the first
+    event with data as keep-alive chunks; empty events skipped. A drop raises UpstreamError."""
+    decoder = EventDecoder()
+    until = first_byte_at  # the first event with data is due by then; comments do not count
     done = False
     try:
-        async for part in response.chunks():
-            if done:
-                continue  # read to the end so the connection goes back to the pool
-            buffer += part
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators and `: keep-alive` comments
-                payload = line[5:].strip()
+        while not done and (part := await response.next_part(until)):
+            try:
+                events = decoder.feed(part)
+            except EventStreamError as exc:
+                raise UpstreamError(f"The upstream broke its event stream: {exc}.") from None
+            for event in events:
+                if event.data is None:
+                    if until is not None and event.comment:
+                        yield KEEP_ALIVE
+                    continue
+                payload = event.data.strip()
+                if not payload:
+                    continue  # an empty `data:` event
                 if payload == b"[DONE]":
                     done = True
                     break
+                until = None
                 yield _chunk(payload)
-    except _FAILURES as exc:
-        raise _failure(exc) from exc
+        if done:
+            extra = 0
+            while extra <= _AFTER_DONE_BYTES and (part := await response.next_part()):
+                extra += len(part)
     finally:
-        response.release()
+        response.close()  # nothing if read to the end (the connection is pooled again)
     if not done:
         raise UpstreamError("The upstream closed the stream before it finished.")
 
