@@ -55,15 +55,30 @@ class ClientLimits:
     max_body_bytes: int = 32 * 1024 * 1024
 
 
+_TAIL = 16
+
+
+def _ends_answer(received: bytes, body: bytes) -> bool:
+    """Whether the last bytes received are the end of the answer just read (its body's last
+    bytes, or a chunked body's end): else something followed it, such as the start of a
+    head, and the connection is out of step with its requests."""
+    if received.endswith(b"\r\n0\r\n\r\n") or received == b"0\r\n\r\n":
+        return True
+    return bool(body) and (body.endswith(received) or received.endswith(body[-_TAIL:]))
+
+
 class _Handler(ResponseHandler):
     """aiohttp's connection protocol, closed when bytes arrive while it sits idle in the pool:
     such bytes would be read as the answer to the next request sent on it."""
 
     idle = False
     uses = 0
+    head = False  # the next bytes start an answer's status line
+    tail = b""  # the last bytes received
 
     def set_response_params(self, **kwargs: Any) -> None:
         self.idle = False
+        self.head = True
         self.uses += 1
         super().set_response_params(**kwargs)
 
@@ -72,6 +87,12 @@ class _Handler(ResponseHandler):
             if self.transport is not None:
                 self.transport.close()
             return
+        if data:  # aiohttp calls it with nothing to resume reading
+            self.tail = data[-_TAIL:]
+            if self.head:
+                self.head = False
+                if data[9:10] == b"1":  # "HTTP/1.1 1xx": aiohttp would pool a 101's connection
+                    self.force_close()
         super().data_received(data)
 
 
@@ -79,7 +100,16 @@ class Response:
     """An answer whose head arrived. Read it with `read` or `next_part` to its end and the
     connection goes back to the pool; `close` drops it (an answer left unread, a failure)."""
 
-    __slots__ = ("_done", "_protocol", "_raw", "_use", "headers", "max_body_bytes", "status")
+    __slots__ = (
+        "_done",
+        "_last",
+        "_protocol",
+        "_raw",
+        "_use",
+        "headers",
+        "max_body_bytes",
+        "status",
+    )
 
     def __init__(self, raw: aiohttp.ClientResponse, max_body_bytes: int) -> None:
         self._raw = raw
@@ -87,8 +117,10 @@ class Response:
         self.headers: Mapping[str, str] = raw.headers
         self.max_body_bytes = max_body_bytes
         self._done = False
-        connection = raw.connection
-        protocol = connection.protocol if connection is not None else None
+        self._last = b""  # the body's last bytes read
+        # aiohttp's own reference: its `connection` is None already when the whole answer came
+        # with its head (the connection went back to the pool, and nothing ran since)
+        protocol = getattr(raw, "_protocol", None)
         self._protocol = protocol if isinstance(protocol, _Handler) else None
         self._use = self._protocol.uses if self._protocol is not None else 0
 
@@ -131,7 +163,9 @@ class Response:
         except _FAILURES as exc:
             self.close()
             raise _translate(exc) from exc
-        if not part:
+        if part:
+            self._last = part[-_TAIL:]
+        else:
             self._finished()
         return part
 
@@ -143,7 +177,8 @@ class Response:
         protocol = self._protocol
         if protocol is not None and protocol.uses == self._use:
             protocol.idle = True
-            if len(protocol) or protocol.should_close:  # another answer came already
+            stray = len(protocol) or not _ends_answer(protocol.tail, self._last)
+            if stray or protocol.should_close:  # bytes after the answer: drop the connection
                 protocol.close()
 
     def close(self) -> None:

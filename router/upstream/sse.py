@@ -1,8 +1,8 @@
 """Split the upstream's `text/event-stream` bytes into events, as the HTML standard's event
 stream interpretation says. Pure: no I/O.
 
-Lines end with CRLF, LF or a bare CR (a CR at the end of one read may be the first half of a
-CRLF: it waits for the next read); `data:` lines of one event are joined with LF; a line
+Lines end with CRLF, LF or a bare CR (a CR that ends one read ends its line, and a LF that
+opens the next read is its pair, not an empty line); `data:` lines of one event are joined with LF; a line
 starting with `:` is a comment (DeepSeek sends `: keep-alive` while a request is queued);
 `event`, `id`, `retry` and unknown fields are read and ignored; an event without data is no
 event; an event the stream ends in the middle of is dropped. The parsers of the HTTP clients
@@ -35,7 +35,7 @@ class Event:
 class EventDecoder:
     """Feed the body as it arrives; each call returns the events and comments completed by it."""
 
-    __slots__ = ("_buffer", "_data", "_max_event", "_max_line", "_size", "_started")
+    __slots__ = ("_after_cr", "_buffer", "_data", "_max_event", "_max_line", "_size", "_started")
 
     def __init__(
         self, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES
@@ -46,8 +46,13 @@ class EventDecoder:
         self._data: list[bytes] = []
         self._size = 0
         self._started = False
+        self._after_cr = False  # the last read ended with a CR: a LF opening the next is its pair
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        if chunk:
+            self._after_cr = chunk[-1:] == b"\r"
         buffer = self._buffer + chunk if self._buffer else chunk
         if not self._started:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
@@ -56,15 +61,8 @@ class EventDecoder:
             self._started = True
             buffer = buffer.removeprefix(_BOM)
         if b"\r" in buffer:
-            hold = buffer.endswith(b"\r")  # maybe half of a CRLF: decide with the next read
-            if hold:
-                buffer = buffer[:-1]
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *lines, rest = buffer.split(b"\n")
-            if hold:
-                rest += b"\r"
-        else:
-            *lines, rest = buffer.split(b"\n")
+        *lines, rest = buffer.split(b"\n")
         if len(rest) > self._max_line:
             raise EventStreamError(f"an event stream line is over {self._max_line} bytes")
         self._buffer = rest

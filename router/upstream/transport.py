@@ -202,7 +202,7 @@ class DirectUpstream:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         response, first_byte_at = await self._post(call, stream=False)
-        if response.status >= 300:
+        if not 200 <= response.status < 300:
             raise await self._rejection(call, response)
         raw = await response.read(first_byte_at)
         try:
@@ -215,7 +215,7 @@ class DirectUpstream:
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         response, first_byte_at = await self._post(call, stream=True)
-        if response.status >= 300:
+        if not 200 <= response.status < 300:
             raise await self._rejection(call, response)
         return _events(response, first_byte_at)
 
