@@ -29,7 +29,7 @@ def test_services_and_profiles() -> None:
     assert {"redis", "flashpro", "simulator", "flashpro-sim"} <= set(services)
     assert services["simulator"]["profiles"] == ["simulate"]
     assert services["flashpro-sim"]["profiles"] == ["simulate"]
-    assert "profiles" not in services["flashpro"]
+    assert services["flashpro"]["profiles"] == ["deepseek"]  # needs a key: not with simulate
 
 
 def test_flashpro_service_wiring() -> None:
