@@ -20,7 +20,7 @@ from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
+from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
@@ -90,17 +90,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-
-
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
 
 
 def route(

@@ -4,11 +4,15 @@ packages, read so that every problem is one line naming the file (and line). I/O
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from router.routing.classify import LinearClassifier
 
 
 class InputError(Exception):
@@ -62,3 +66,15 @@ def require_matplotlib() -> None:
             "--plot needs matplotlib, which is not installed: pip install 'flashpro[plot]' "
             "(or pip install matplotlib), or leave out --plot"
         ) from None
+
+
+def load_classifier_file(path: Path | None) -> LinearClassifier:
+    """A classifier artifact (`--model`); None is the one shipped in the package."""
+    from router.routing.classify import load_classifier
+
+    try:
+        return load_classifier(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the classifier: {exc.strerror}") from None
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a flashpro classifier artifact ({exc})") from None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -75,6 +74,8 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    import httpx  # here, so the other commands start without it
+
     console = Console()
     url = args.url.rstrip("/") + "/v1/stats"
     try:
