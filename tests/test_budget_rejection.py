@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from router.app import build_deps
+from router.routing.constrain import Spent, budget_exhausted
+from router.routing.limits import BudgetLimit
 from router.simulator.server import RunningSimulator
 from tests.conftest import ROOT, serve_app, settings_for, wait_until
 
@@ -60,8 +62,9 @@ def test_spent_budget_is_a_429_the_sdk_does_not_retry(
         assert 0 < wait <= (midnight - now).total_seconds() + 2
         message = error.body["message"] if isinstance(error.body, dict) else str(error)
         assert "total" in message and "today" in message
-        assert "of $0.000010" in message  # the limit, in the spend's precision
-        assert re.search(r"\$0\.0000\d\d of", message)  # the spend, not rounded to zero
+        # spend and limit in one precision, the spend not rounded to zero
+        found = re.search(r"spent: \$(0\.\d{6}) of \$0\.000010 today", message)
+        assert found and float(found.group(1)) > LIMIT, message
         assert "00:00 UTC" in message
 
         assert remaining(base) == 0.0
@@ -70,3 +73,46 @@ def test_spent_budget_is_a_429_the_sdk_does_not_retry(
         spent = 50.0 - (remaining(base) or 0.0)
         assert 0 < spent < 0.01
         client.chat.completions.create(model="flash", messages=messages)
+
+
+@pytest.mark.parametrize(
+    ("limit", "day", "month", "now", "reset", "wait"),
+    [
+        (BudgetLimit(usd_per_day=5), 5.03125, 9.0, "2026-12-31T23:00:00", "2027-01-01 00:00", 3600),
+        (
+            BudgetLimit(usd_per_month=300),
+            1.0,
+            300.5,
+            "2026-12-31T23:00:00",
+            "2027-01-01 00:00",
+            3600,
+        ),
+        (
+            BudgetLimit(usd_per_month=300),
+            1.0,
+            300.5,
+            "2026-02-10T00:00:00",
+            "2026-03-01 00:00",
+            1641600,
+        ),
+        (
+            BudgetLimit(usd_per_day=5, usd_per_month=9),
+            5.5,
+            9.5,
+            "2026-06-15T12:00:00",
+            "2026-07-01 00:00",
+            1339200,
+        ),
+    ],
+)
+def test_budget_rejection_names_spend_limit_and_reset(
+    limit: BudgetLimit, day: float, month: float, now: str, reset: str, wait: int
+) -> None:
+    at = datetime.fromisoformat(now).replace(tzinfo=UTC).timestamp()
+    error = budget_exhausted(Spent("group:research", limit, day, month), at)
+    assert error.status == 429 and error.code == "budget_exhausted"
+    assert error.headers["retry-after"] == str(wait)
+    assert f"resets at {reset} UTC" in error.message
+    assert "group 'research'" in error.message
+    assert ("monthly" in error.message) == (limit.usd_per_month is not None)
+    assert "$5.03 of $5.00 today" in error.message or "this month" in error.message
