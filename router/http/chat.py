@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from router.errors import (
     FlashproError,
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
-    RouteNotFound,
     internal_error_envelope,
 )
 from router.pipeline import (
@@ -256,7 +256,7 @@ class ChatEndpoint:
         routed: Routed | None = None
         try:
             if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
+                raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})
             body = await read_body(receive, headers, self.max_body_bytes)
             chat = self.intake.parse(body)
             routed = await admit(deps, chat, headers, rid)
