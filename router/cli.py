@@ -456,7 +456,8 @@ def _start_simulator(policy: Policy, speed: float) -> None:
     print(
         f"{banner}\n  SIMULATED UPSTREAM: requests go to flashpro's simulated DeepSeek server at\n"
         f"  {running.url}, not to DeepSeek. Answers are synthetic. Drop --simulate and set\n"
-        f"  DEEPSEEK_API_KEY to use the real API.\n{banner}",
+        f"  DEEPSEEK_API_KEY to use the real API. Latency: x{speed:g} of DeepSeek's\n"
+        f"  (--simulate-speed 1 for real pacing).\n{banner}",
         file=sys.stderr,
         flush=True,
     )
