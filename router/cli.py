@@ -395,6 +395,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.policy is not None:
         os.environ["FLASHPRO_POLICY"] = str(args.policy.resolve())
     print(f"flashpro: {policy_notice(args.policy)}", file=sys.stderr, flush=True)
+    settings = Settings()
+    if settings.classifier is not None:  # one line here, not a traceback in every worker
+        from router.offline.inputs import load_classifier_file
+
+        load_classifier_file(settings.classifier)
     if args.simulate:
         _start_simulator(policy, args.simulate_speed)
     else:
@@ -420,7 +425,7 @@ def run_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=args.log_level,
             access_log=False,
-            timeout_graceful_shutdown=Settings().shutdown_grace_s,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     return 0
 

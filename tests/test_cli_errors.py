@@ -162,3 +162,11 @@ def test_jsonl_reader_names_the_line_of_invalid_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
     with pytest.raises(InputError, match=r"rows.jsonl:2: not UTF-8"):
         list(read_jsonl(path))
+
+
+def test_serve_with_a_missing_classifier_says_so_before_starting(tmp_path: Path) -> None:
+    env = {"FLASHPRO_CLASSIFIER": "absent.npz", "DEEPSEEK_API_KEY": "sk-unused"}
+    result = flashpro("serve", "--port", "0", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().split("\n")[-1]
+    assert last.startswith("flashpro: absent.npz: cannot read the classifier")

@@ -51,6 +51,7 @@ class LabelledRow:
     strong: float  # evaluation labels: as published (RouteLLM's for GSM8K)
     weak: float
     gain: float  # training label, strong - weak in [-1, 1]; lenient GSM8K grading where present
+    traffic: bool = False  # from flashpro's own traffic (decision log, feedback), not routing data
 
 
 def request_from_json(obj: Mapping[str, Any]) -> ChatRequest:
@@ -86,7 +87,8 @@ def row_from_json(obj: Mapping[str, Any], index: int = 0) -> LabelledRow:
         return LabelledRow(row_id, source, request, strong, weak, float(lenient_s - lenient_w))
     gain = min(max(_log_gain(obj), -1.0), 1.0)
     source = str(obj.get("source", obj.get("tier", "traffic")))
-    return LabelledRow(row_id, source, request, min(1.0, 1.0 + gain), min(1.0, 1.0 - gain), gain)
+    strong_log, weak_log = min(1.0, 1.0 + gain), min(1.0, 1.0 - gain)
+    return LabelledRow(row_id, source, request, strong_log, weak_log, gain, traffic=True)
 
 
 def read_objects(path: Path) -> list[dict[str, Any]]:

@@ -206,8 +206,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def _allowed(rows: Sequence[LabelledRow], sources: str) -> list[LabelledRow]:
     if sources == "all":
         return list(rows)
-    keep = {s.strip() for s in sources.split(",")} | {"traffic"}
-    return [r for r in rows if r.source in keep]
+    keep = {s.strip() for s in sources.split(",")}
+    return [r for r in rows if r.traffic or r.source in keep]
 
 
 def run_train(args: argparse.Namespace) -> int:
