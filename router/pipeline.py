@@ -13,7 +13,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from router.errors import UpstreamError
-from router.observe.observer import Observer, record_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
