@@ -69,7 +69,7 @@ def charged(outcomes: list[Outcome]) -> Any:
 def spend_reported(base: str) -> float:
     """flashpro_spend_usd over every tier, from /metrics."""
     text = httpx.get(base + "/metrics", timeout=10).text
-    lines = [line for line in text.splitlines() if line.startswith("flashpro_spend_usd_total")]
+    lines = [line for line in text.split("\n") if line.startswith("flashpro_spend_usd_total")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
