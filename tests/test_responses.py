@@ -23,7 +23,7 @@ from router.simulator.server import RunningSimulator
 from router.state.responses import ResponseStore
 from router.upstream.base import LiteLLMUpstream
 from router.upstream.reasoning import ReasoningMemory
-from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for
+from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 from tests.fault_policy import CLIENT_KEY, write_policy
 
 FUNCTION_TOOL = {
@@ -373,3 +373,42 @@ def test_previous_responses_are_shared_through_redis(
         )
         assert again.output_text
         assert client(other).responses.retrieve(first.id).output_text == first.output_text
+
+
+def test_a_repeatable_request_is_served_from_the_cache(
+    flashpro: str, sim: RunningSimulator
+) -> None:
+    api = client(flashpro, "key-of-carol")
+    ask = {"model": "flash", "input": "Cache me: what is 2+2?", "temperature": 0}
+    first = api.responses.with_raw_response.create(**ask)
+    again = api.responses.with_raw_response.create(**ask)
+    streamed = list(api.responses.create(**ask, stream=True))
+    assert first.headers["x-flashpro-cache"] == "miss"
+    assert again.headers["x-flashpro-cache"] == "hit"
+    assert again.parse().output_text == first.parse().output_text
+    assert again.parse().id != first.parse().id  # a new response, the same answer
+    completed = streamed[-1].response
+    assert completed.output_text == first.parse().output_text and completed.usage is not None
+    assert len(chat_bodies(sim)) == 1  # one upstream call for the three
+
+
+def disconnects(base: str) -> float:
+    """Requests the metrics count as abandoned by their client."""
+    lines = httpx.get(base + "/metrics").text.split("\n")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("flashpro_requests_total{") and 'error="client_disconnected"' in line
+    )
+
+
+def test_a_client_that_leaves_a_stream_is_counted_and_the_server_keeps_serving(
+    flashpro: str,
+) -> None:
+    before = disconnects(flashpro)
+    body = {"model": "pro", "input": "A long story [[sim:slow=50]]", "stream": True}
+    with httpx.stream("POST", flashpro + "/v1/responses", json=body, timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "event: response.created"
+    wait_until(lambda: disconnects(flashpro) > before, timeout_s=5, what="the stream counted")
+    assert client(flashpro).responses.create(model="flash", input="still here?").output_text
