@@ -299,12 +299,7 @@ BAD_BODIES: list[tuple[bytes | dict[str, Any], int, str, str | None]] = [
     ({"model": "auto", "input": []}, 400, "invalid_request", "input"),
     ({"model": "auto", "input": [{"type": "web_search_call"}]}, 400, "invalid_request", "input"),
     ({"model": "auto", "input": [{"role": "user", "content": 5}]}, 400, "invalid_request", "input"),
-    (
-        {"model": "auto", "input": "x", "tools": [{"type": "web_search"}]},
-        400,
-        "invalid_request",
-        "tools",
-    ),
+    ({"model": "auto", "input": "x", "tools": [{"name": "f"}]}, 400, "invalid_request", "tools"),
     ({"model": "auto", "input": "x", "temperature": 9}, 400, "invalid_request", "temperature"),
     ({"model": "gpt-4o", "input": "x"}, 404, "model_not_found", None),
     ({"model": "auto", "input": "x" * 300_000}, 413, "request_too_large", None),
@@ -412,3 +407,15 @@ def test_a_client_that_leaves_a_stream_is_counted_and_the_server_keeps_serving(
         assert next(lines) == "event: response.created"
     wait_until(lambda: disconnects(flashpro) > before, timeout_s=5, what="the stream counted")
     assert client(flashpro).responses.create(model="flash", input="still here?").output_text
+
+
+def test_hosted_tools_are_left_out_and_named(flashpro: str, sim: RunningSimulator) -> None:
+    # Codex declares hosted tools beside its own in every request
+    tools: list[Any] = [FUNCTION_TOOL, {"type": "web_search"}, {"type": "file_search"}]
+    raw = client(flashpro).responses.with_raw_response.create(
+        model="pro", input="Weather in Lima?", tools=tools
+    )
+    assert raw.headers["x-flashpro-ignored-tools"] == "file_search,web_search"
+    assert [item.type for item in raw.parse().output][-1] == "function_call"
+    sent = chat_bodies(sim)[-1]["tools"]
+    assert [tool["function"]["name"] for tool in sent] == ["get_weather"]
