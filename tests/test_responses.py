@@ -419,3 +419,65 @@ def test_hosted_tools_are_left_out_and_named(flashpro: str, sim: RunningSimulato
     assert [item.type for item in raw.parse().output][-1] == "function_call"
     sent = chat_bodies(sim)[-1]["tools"]
     assert [tool["function"]["name"] for tool in sent] == ["get_weather"]
+
+
+def codex_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A request shaped as Codex sends one: every field it sets, whole history, no storage."""
+    return {
+        "model": "auto",
+        "instructions": "You are a coding agent.",
+        "input": items,
+        "tools": [
+            {**FUNCTION_TOOL, "strict": False},
+            {"type": "custom", "name": "apply_patch", "description": "Edit files."},
+            {"type": "web_search", "external_web_access": False},
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0b4c6a44-session",
+        "client_metadata": {"x-codex-turn": "1"},
+    }
+
+
+def test_a_codex_session_turn_streams_and_loops(flashpro: str, sim: RunningSimulator) -> None:
+    items: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "role": "developer",
+            "content": [{"type": "input_text", "text": "Sandbox: read-only."}],
+        },
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Weather in Kyoto?"}],
+        },
+    ]
+    with httpx.stream(
+        "POST", flashpro + "/v1/responses", json=codex_body(items), timeout=10
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["x-flashpro-ignored-tools"] == "web_search"
+        events = sse_events(response)
+    completed = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed" and completed["store"] is False
+    sent = chat_bodies(sim)[-1]
+    assert [m["role"] for m in sent["messages"]] == ["system", "system", "user"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather", "apply_patch"]
+    call = next(item for item in completed["output"] if item["type"] == "function_call")
+    items += [
+        *completed["output"],
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "clear"},
+    ]
+    with httpx.stream(
+        "POST", flashpro + "/v1/responses", json=codex_body(items), timeout=10
+    ) as response:
+        assert response.status_code == 200, response.read()
+        events = sse_events(response)
+    answer = events[-1]["response"]
+    assert answer["status"] == "completed"
+    assert [item["type"] for item in answer["output"]][-1] == "message"
+    assert [m["role"] for m in chat_bodies(sim)[-1]["messages"]][-2:] == ["assistant", "tool"]
