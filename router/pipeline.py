@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -13,15 +14,16 @@ from functools import partial
 from typing import Any, TypeVar
 
 from router.errors import UpstreamError
-from router.observe.observer import Observer, record_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
-from router.routing.policy import Policy, Timeouts
+from router.routing.decision import Decision, facts_of
+from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
 from router.state.cache import (
@@ -35,6 +37,7 @@ from router.state.cache import (
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.state.responses import ResponseStore
 from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Deadlines, Upstream, UpstreamCall
 from router.upstream.reasoning import ReasoningMemory
@@ -57,6 +60,7 @@ class Deps:
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -90,17 +94,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-
-
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
 
 
 def route(
@@ -179,20 +172,9 @@ def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
         api_base=tier.api_base or deps.api_base,
         api_key=routing.keys.get(tier.api_key_env),
         timeout_s=tier.timeout_s,
-        deadlines=_deadlines(tier.timeouts),
+        deadlines=Deadlines.of(tier.timeouts),
     )
 
-
-def _deadlines(timeouts: Timeouts) -> Deadlines:
-    def seconds(ms: float | None) -> float | None:
-        return None if ms is None else ms / 1000
-
-    return Deadlines(
-        connect_s=timeouts.connect_ms / 1000,
-        pool_wait_s=timeouts.pool_wait_ms / 1000,
-        first_byte_s=seconds(timeouts.first_byte_ms),
-        total_s=seconds(timeouts.total_ms),
-    )
 
 
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
@@ -315,7 +297,13 @@ async def _store(
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+    return Answer(_fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
+
+
+def _fresh(body: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer as a new completion: its own id and creation time, as every answer
+    from the upstream has (clients key logs and deduplication on the id)."""
+    return {**body, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
@@ -373,7 +361,7 @@ async def open_stream(
     failures surface as a status, unless `waiting` committed the answer when the upstream said
     it was queueing the request). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        replay = _replay(chunks_of(_fresh(entry.body), routed.request.include_usage()))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)

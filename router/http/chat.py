@@ -19,20 +19,21 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.errors import (
     FlashproError,
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
-    RouteNotFound,
     internal_error_envelope,
 )
-from router.http.exchange import Exchange, sse
+from router.http.streaming import ClientLink, sse
 from router.pipeline import (
     Answer,
     Deps,
@@ -49,6 +50,7 @@ from router.schemas import ChatRequest
 from router.state.cache import CachePlan, CacheStatus
 
 log = logging.getLogger("flashpro")
+M = TypeVar("M", bound=BaseModel)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -108,8 +110,8 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         parts.append(part)
 
 
-def parse_chat(body: bytes) -> ChatRequest:
-    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+def parse_json(body: bytes, model: type[M]) -> M:
+    """Validate a JSON body as `model`; every problem becomes a 400 in OpenAI's format."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -117,11 +119,16 @@ def parse_chat(body: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in error["loc"]) or None
         raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param) from None
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+    return parse_json(body, ChatRequest)
 
 
 class Intake:
@@ -195,6 +202,84 @@ async def send_json(send: Send, status: int, body: Any, headers: Mapping[str, st
     await send({"type": "http.response.body", "body": data})
 
 
+async def send_stream(
+    send: Send, receive: Receive, events: AsyncIterator[bytes], headers: Mapping[str, str]
+) -> None:
+    """Write the events as they come, for an edge that does not watch its client already: a
+    client that disconnects stops the stream at once (the upstream stream is closed and the
+    request is observed as cut, 499); a shutdown ends it with an error event."""
+    link = ClientLink(send, receive)
+    link.watch()
+    try:
+        await link.stream(events, headers)
+    except asyncio.CancelledError:
+        if not link.left():
+            raise
+    finally:
+        link.close()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request at an edge: its dependencies, its id, and its routing once admitted (so a
+    failure is observed with the decision it had)."""
+
+    deps: Deps
+    request_id: str
+    routed: Routed | None = None
+    link: ClientLink | None = None  # the client, watched once its body is read
+
+    def gone(self) -> bool:
+        """After a cancellation: whether the client left (else the server is shutting down)."""
+        return self.link is not None and self.link.gone
+
+
+async def serve(exchange: Exchange, send: Send, handle: Awaitable[None]) -> None:
+    """Run an edge's handler; a failure becomes one observation and one OpenAI-format error
+    (the last-resort handler logs and answers a generic 500 without the cause). A client that
+    disconnects cancels the handler (once it watches the client): the pipeline records what
+    it charged, and nothing more is sent."""
+    deps, rid = exchange.deps, exchange.request_id
+    try:
+        await handle
+    except ClientGone:
+        observe(deps, exchange.routed, request_id=rid, status=499, error="client_disconnected")
+    except FlashproError as exc:
+        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=exc.code or "error")
+        if exc.status >= 500:
+            log.warning("request %s failed: %s", rid, exc.message)
+        await _failed(exchange, send, exc, {**exc.headers, "x-flashpro-request-id": rid})
+    except asyncio.CancelledError:
+        link = exchange.link
+        if link is None or not link.left():
+            raise  # the server is shutting down
+        if exchange.routed is None:  # else the pipeline recorded it, with what it charged
+            observe(deps, None, request_id=rid, status=499, error="client_disconnected")
+    except Exception as exc:
+        log.exception("request %s: unexpected error", rid, exc_info=exc)
+        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error")
+        envelope = internal_error_envelope(rid)
+        error = FlashproError(envelope["error"]["message"], code="internal_error")
+        await _failed(exchange, send, error, {"x-flashpro-request-id": rid})
+    finally:
+        if exchange.link is not None:
+            exchange.link.close()
+
+
+async def _failed(
+    exchange: Exchange, send: Send, error: FlashproError, headers: Mapping[str, str]
+) -> None:
+    """The error as a status, or as an event when a stream was committed already (the
+    upstream kept it queued, and the client got keep-alives)."""
+    link = exchange.link
+    if link is not None:
+        link.close()
+        if link.started:
+            await link.fail(error)
+            return
+    await send_json(send, error.status, error.envelope(), headers)
+
+
 class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
@@ -205,67 +290,35 @@ class ChatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        rid = request_id_for(headers.get("x-request-id"))
-        deps = self.deps_of()
-        routed: Routed | None = None
-        exchange = Exchange(send, receive)
-        try:
-            if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
-            body = await read_body(receive, headers, self.max_body_bytes)
-            exchange.watch()  # from here on, a client that leaves cancels the work
-            chat = self.intake.parse(body)
-            routed = await admit(deps, chat, headers, rid)
-            plan = cache_plan(deps, routed, headers)
-            if chat.stream:
-                await self._stream(deps, routed, plan, exchange, rid)
-                return
-            answer = await complete(deps, routed, plan, lambda: exchange.gone)
-            out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
-            exchange.close()
-            await send_json(send, 200, answer.body, out)
-        except ClientGone:
-            observe(deps, routed, request_id=rid, status=499, error="client_disconnected")
-        except FlashproError as exc:
-            observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error")
-            if exc.status >= 500:
-                log.warning("request %s failed: %s", rid, exc.message)
-            exchange.close()
-            if exchange.started:  # a stream committed while the upstream queued it
-                await exchange.fail(exc)
-                return
-            out = {**exc.headers, "x-flashpro-request-id": rid}
-            await send_json(send, exc.status, exc.envelope(), out)
-        except asyncio.CancelledError:
-            if not exchange.left():
-                raise  # the server is shutting down
-            if routed is None:  # else the pipeline recorded it, with what it charged
-                observe(deps, None, request_id=rid, status=499, error="client_disconnected")
-        except Exception as exc:
-            log.exception("request %s: unexpected error", rid, exc_info=exc)
-            observe(deps, routed, request_id=rid, status=500, error="internal_error")
-            exchange.close()
-            if exchange.started:
-                await exchange.fail(FlashproError(internal_error_envelope(rid)["error"]["message"]))
-                return
-            out = {"x-flashpro-request-id": rid}
-            await send_json(send, 500, internal_error_envelope(rid), out)
-        finally:
-            exchange.close()
+        exchange = Exchange(self.deps_of(), request_id_for(headers.get("x-request-id")))
+        await serve(exchange, send, self._answer(exchange, scope, headers, receive, send))
 
-    async def _stream(
-        self, deps: Deps, routed: Routed, plan: CachePlan, exchange: Exchange, rid: str
+    async def _answer(
+        self,
+        exchange: Exchange,
+        scope: Scope,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
     ) -> None:
-        """Open the stream (keep-alives while the upstream queues it commit the answer with
-        the routing headers known then), then relay it."""
-        opened = await open_stream(
-            deps,
-            routed,
-            plan,
-            exchange.keep_alive(lambda: _routing_headers(routed, plan, rid)),
-            lambda: exchange.gone,
-        )
-        await exchange.stream(sse(opened.chunks), answer_headers(opened, rid))
+        deps, rid = exchange.deps, exchange.request_id
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})
+        body = await read_body(receive, headers, self.max_body_bytes)
+        link = exchange.link = ClientLink(send, receive)
+        link.watch()  # from here on, a client that leaves cancels the work
+        chat = self.intake.parse(body)
+        routed = exchange.routed = await admit(deps, chat, headers, rid)
+        plan = cache_plan(deps, routed, headers)
+        if chat.stream:
+            waiting = link.keep_alive(lambda: _routing_headers(routed, plan, rid))
+            opened = await open_stream(deps, routed, plan, waiting, exchange.gone)
+            await link.stream(sse(opened.chunks), answer_headers(opened, rid))
+            return
+        answer = await complete(deps, routed, plan, exchange.gone)
+        out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+        link.close()
+        await send_json(send, 200, answer.body, out)
 
 
 def _routing_headers(routed: Routed, plan: CachePlan, rid: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.routing.cost import Usage
+from router.routing.policy import Timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,17 @@ class Deadlines:
     pool_wait_s: float = 3.0
     first_byte_s: float | None = 300.0
     total_s: float | None = 1800.0
+
+    @classmethod
+    def of(cls, timeouts: Timeouts) -> Deadlines:
+        """A tier's `timeouts`, in seconds."""
+        first, total = timeouts.first_byte_ms, timeouts.total_ms
+        return cls(
+            connect_s=timeouts.connect_ms / 1000,
+            pool_wait_s=timeouts.pool_wait_ms / 1000,
+            first_byte_s=None if first is None else first / 1000,
+            total_s=None if total is None else total / 1000,
+        )
 
 
 @dataclass(frozen=True, slots=True)

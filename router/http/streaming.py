@@ -1,4 +1,4 @@
-"""One chat request's exchange with its client: the disconnect watch that cancels the work, and
+"""A request's link to its client: the disconnect watch that cancels the work, and
 the streamed answer's bytes (keep-alives, events, the ending). I/O.
 
 - A client that disconnects at any point after sending its body (before the first byte,
@@ -64,7 +64,7 @@ async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     yield _DONE
 
 
-class Exchange:
+class ClientLink:
     """The request's side of the connection: `watch` once the body is read, `close` at the
     end; `gone` says whether the client disconnected before the answer was whole."""
 
