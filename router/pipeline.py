@@ -176,7 +176,6 @@ def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
     )
 
 
-
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
     """What an answer cost, off-peak discount included."""
     policy = (routing or deps.live).policy
