@@ -36,10 +36,18 @@ from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
 from router.state.responses import open_response_store
+from router.upstream.client import ClientLimits
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
+
+
+def _client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        max_connections=settings.upstream_max_connections,
+        per_origin=settings.upstream_max_connections_per_origin,
+    )
 
 
 def build_deps(settings: Settings) -> Deps:
@@ -51,7 +59,7 @@ def build_deps(settings: Settings) -> Deps:
     return Deps(
         routing=routing,
         classifier=classifier,
-        upstream=open_upstream(settings.transport, secrets),
+        upstream=open_upstream(settings.transport, secrets, _client_limits(settings)),
         memory=ReasoningMemory(),
         api_base=settings.deepseek_api_base,
         cache=open_cache(settings.redis_url, policy.cache),

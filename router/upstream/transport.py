@@ -321,9 +321,12 @@ class ByProvider:
         await self.direct.aclose()
 
 
-def open_upstream(transport: Transport, secrets: tuple[str, ...]) -> Upstream:
+def open_upstream(
+    transport: Transport, secrets: tuple[str, ...], limits: ClientLimits | None = None
+) -> Upstream:
     """The production upstream for the configured transport."""
     litellm_upstream = LiteLLMUpstream(secrets=secrets)
     if transport == "litellm":
         return litellm_upstream
-    return ByProvider(DirectUpstream(secrets=secrets), litellm_upstream)
+    direct = DirectUpstream(secrets=secrets, limits=limits or ClientLimits())
+    return ByProvider(direct, litellm_upstream)
