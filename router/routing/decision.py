@@ -17,6 +17,7 @@ class RequestFacts:
     stream: bool = False
     prompt_tokens: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    images: bool = False  # a message carries an image part
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -23,7 +23,9 @@ from router.errors import (
     FlashproError,
     InvalidRequest,
     UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
@@ -153,6 +155,12 @@ def error_for_status(status: int, message: str, retry_after: str | None = None) 
         )
     if status == 400 and _CONTEXT_MESSAGE in message.lower():
         return ContextTooLong(f"The prompt is too long for the model: {message}")
+    if status == 402:
+        return UpstreamBalanceExhausted(
+            "The upstream account has run out of balance (DeepSeek 402 Insufficient Balance): "
+            f"{message}. Top up the account of the proxy's upstream key; the request itself is "
+            "fine."
+        )
     if status in (401, 403):
         return UpstreamAuthFailed(
             f"The upstream refused flashpro's API key for this model (status {status}): "
@@ -162,6 +170,9 @@ def error_for_status(status: int, message: str, retry_after: str | None = None) 
     if 400 <= status < 500:
         mirrored = status if status in (400, 404, 422) else 400
         return UpstreamRejected(f"The upstream rejected the request: {message}", status=mirrored)
+    if status == 503:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return UpstreamOverloaded("The upstream is overloaded (status 503).", headers=headers)
     return UpstreamError(f"The upstream failed (status {status}).")
 
 
