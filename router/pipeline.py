@@ -193,53 +193,42 @@ async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
     tier = routing.policy.tiers[name]
     namespace = _namespace(deps, routed)
     messages = await deps.memory.restore(namespace, routed.request.messages)
-    call = UpstreamCall(
-        model=tier.model,
-        messages=[m.model_dump(exclude_none=True) for m in messages],
-        params=routed.request.upstream_params(),
-        thinking=tier.thinking,
-        reasoning_effort=tier.reasoning_effort,
-        api_base=tier.api_base or deps.api_base,
-        api_key=routing.keys.get(tier.api_key_env),
-        timeout_s=tier.timeout_s,
-    )
+    dumped = [m.model_dump(exclude_none=True) for m in messages]
+    key = routing.keys.get(tier.api_key_env)
+    call = UpstreamCall.to_tier(tier, dumped, routed.request.upstream_params(), deps.api_base, key)
     return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
 
 
 async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
     """A place under the tier's `max_concurrency` (per account and model); its release."""
-    routing = _routing(deps, routed)
-    name = routed.decision.tier
-    tier = routing.policy.tiers[name]
-    key = f"{routing.identity(name, deps.api_base)}:{tier.model}"
-    metrics = deps.observer.metrics
+    routing, name = _routing(deps, routed), routed.decision.tier
+    tier, metrics = routing.policy.tiers[name], deps.observer.metrics
     try:
-        release = await deps.concurrency.acquire(
-            key, tier.max_concurrency, tier.queue_ms / 1000, name
+        return await deps.concurrency.acquire(
+            f"{routing.identity(name, deps.api_base)}:{tier.model}",
+            tier.max_concurrency,
+            tier.queue_ms / 1000,
+            name,
+            lambda in_flight: metrics.upstream_in_flight(tier.model_name, in_flight),
         )
     except UpstreamSaturated:
         metrics.tier_saturated(name)
         raise
-    metrics.upstream_in_flight(tier.model_name, deps.concurrency.in_flight(key))
-
-    def done() -> None:
-        release()
-        metrics.upstream_in_flight(tier.model_name, deps.concurrency.in_flight(key))
-
-    return done
 
 
-def _account_failure(deps: Deps, routed: Routed, exc: FlashproError) -> FlashproError:
-    """An upstream refusal of flashpro's own account, counted and naming the account."""
-    name = routed.decision.tier
-    balance = isinstance(exc, UpstreamBalanceExhausted)
+def _named(deps: Deps, routed: Routed, exc: BaseException) -> BaseException:
+    """An upstream refusal of flashpro's own account (402, refused key) counted, and a 402
+    naming the account; any other failure as it is."""
+    if not isinstance(exc, UpstreamBalanceExhausted | UpstreamAuthFailed):
+        return exc
+    name, balance = routed.decision.tier, isinstance(exc, UpstreamBalanceExhausted)
     deps.observer.metrics.account_error(name, "insufficient_balance" if balance else "auth")
     if not balance:
         return exc
-    account = _routing(deps, routed).account(name, deps.api_base)
     return UpstreamBalanceExhausted(
         f"Tier '{name}': the upstream refused the call for lack of balance (DeepSeek 402 "
-        f"Insufficient Balance) on {account}. Top up that account; the request itself is fine."
+        f"Insufficient Balance) on {_routing(deps, routed).account(name, deps.api_base)}. Top "
+        "up that account; the request itself is fine."
     )
 
 
@@ -301,8 +290,8 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
         release = await _slot(deps, attempt)
         try:
             return await deps.upstream.complete(await upstream_call(deps, attempt))
-        except (UpstreamBalanceExhausted, UpstreamAuthFailed) as exc:
-            raise _account_failure(deps, attempt, exc) from exc
+        except FlashproError as exc:
+            raise _named(deps, attempt, exc)  # noqa: B904 - the same error, or it renamed
         finally:
             release()
 
@@ -424,15 +413,11 @@ async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator
     try:
         chunks = await deps.upstream.stream(await upstream_call(deps, routed))
         first = await anext(chunks)
-    except StopAsyncIteration:
+    except BaseException as exc:
         release()
-        raise UpstreamError("The upstream ended the stream before sending anything.") from None
-    except (UpstreamBalanceExhausted, UpstreamAuthFailed) as exc:
-        release()
-        raise _account_failure(deps, routed, exc) from exc
-    except BaseException:
-        release()
-        raise
+        if isinstance(exc, StopAsyncIteration):
+            raise UpstreamError("The upstream ended the stream before sending anything.") from None
+        raise _named(deps, routed, exc)  # noqa: B904
     return first, Held(chunks, release)
 
 

@@ -31,6 +31,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.routing.cost import Usage
+from router.routing.policy import Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,27 @@ class UpstreamCall:
     api_base: str | None
     api_key: str | None
     timeout_s: float
+
+    @classmethod
+    def to_tier(
+        cls,
+        tier: Tier,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        api_base: str | None,
+        api_key: str | None,
+    ) -> UpstreamCall:
+        """A call to `tier`'s model with its thinking settings and timeout."""
+        return cls(
+            tier.model,
+            messages,
+            params,
+            tier.thinking,
+            tier.reasoning_effort,
+            tier.api_base or api_base,
+            api_key,
+            tier.timeout_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)

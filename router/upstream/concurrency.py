@@ -48,11 +48,17 @@ class Concurrency:
         return gate.in_flight if gate is not None else 0
 
     async def acquire(
-        self, key: str, limit: int | None, wait_s: float, tier: str
+        self,
+        key: str,
+        limit: int | None,
+        wait_s: float,
+        tier: str,
+        counted: Callable[[int], None] = lambda in_flight: None,
     ) -> Callable[[], None]:
         """Take a slot under `limit` (None: unlimited, still counted), first come first served,
         waiting up to `wait_s`; raises UpstreamSaturated when none frees in time. Call the
-        result once to release (later calls do nothing)."""
+        result once to release (later calls do nothing). `counted` hears the count after each
+        change (a metric)."""
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = _Gate(limit or 0)
@@ -61,6 +67,7 @@ class Concurrency:
             await _wait(gate, wait_s, tier)  # a released slot is handed over, still counted
         else:
             gate.in_flight += 1
+        counted(gate.in_flight)
         released = False
 
         def release() -> None:
@@ -68,6 +75,7 @@ class Concurrency:
             if not released:
                 released = True
                 gate.release()
+                counted(gate.in_flight)
 
         return release
 
