@@ -20,9 +20,11 @@ from router.errors import (
     InvalidRequest,
     ServiceUnavailable,
     UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamSaturated,
     UpstreamTimeout,
 )
 from router.pipeline import Deps
@@ -371,3 +373,30 @@ def test_client_disconnect_closes_the_upstream_stream(
             time.sleep(0.02)
         assert watched.closed_at, "the upstream stream was still open after the client left"
         assert watched.closed_at[0] - left < 2.0
+
+
+def test_an_exhausted_balance_is_neither_retried_nor_fallen_back_but_opens_the_breaker() -> None:
+    clock = Clock()
+    policy = fast_policy(breaker=Breaker(failures=2, open_seconds=30))
+    resilience = Resilience(clock, clock.sleep)
+    for _ in range(2):
+        script = Script({"pro": [UpstreamBalanceExhausted("no balance")]})
+        with pytest.raises(UpstreamBalanceExhausted):
+            run(resilience.call(policy, decision("pro"), script))
+        assert script.calls == ["pro"]
+    assert resilience.circuit("pro").state == "open"
+    assert clock.slept == []
+
+
+def test_a_saturated_tier_moves_on_without_touching_its_breaker() -> None:
+    script = Script({"pro-max": [UpstreamSaturated("busy")]})
+    resilience = Resilience()
+    value, chosen, trail = run(resilience.call(fast_policy(), decision(), script))
+    assert (value, chosen.tier) == ("answer from pro", "pro")
+    assert trail.fallback == "pro-max->pro (upstream_saturated)"
+    assert resilience.circuit("pro-max").failures == 0
+
+
+def test_requests_with_images_fall_back_only_to_tiers_that_read_them() -> None:
+    assert chain(POLICY, "flash", images=True) == ["flash"]
+    assert chain(POLICY, "flash") == ["flash", "pro"]
