@@ -111,6 +111,14 @@ class UpstreamBalanceExhausted(FlashproError):
     type = "upstream_error"
     default_code = "upstream_insufficient_balance"
 
+    @classmethod
+    def on(cls, tier: str, account: str) -> UpstreamBalanceExhausted:
+        return cls(
+            f"Tier '{tier}': the upstream refused the call for lack of balance (DeepSeek 402 "
+            f"Insufficient Balance) on {account}. Top up that account; the request itself is "
+            "fine."
+        )
+
 
 class UpstreamSaturated(FlashproError):
     """A tier's `max_concurrency` is reached and no slot freed in its queue time."""

@@ -19,7 +19,8 @@ from router.errors import (
     UpstreamError,
     UpstreamSaturated,
 )
-from router.observe.observer import Observer, record_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
@@ -43,6 +44,7 @@ from router.state.cache import (
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
 from router.state.reasoning import ReasoningStore
+from router.state.responses import ResponseStore
 from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
 from router.upstream.concurrency import Concurrency, Held
@@ -67,6 +69,7 @@ class Deps:
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
     concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -223,13 +226,8 @@ def _named(deps: Deps, routed: Routed, exc: BaseException) -> BaseException:
         return exc
     name, balance = routed.decision.tier, isinstance(exc, UpstreamBalanceExhausted)
     deps.observer.metrics.account_error(name, "insufficient_balance" if balance else "auth")
-    if not balance:
-        return exc
-    return UpstreamBalanceExhausted(
-        f"Tier '{name}': the upstream refused the call for lack of balance (DeepSeek 402 "
-        f"Insufficient Balance) on {_routing(deps, routed).account(name, deps.api_base)}. Top "
-        "up that account; the request itself is fine."
-    )
+    account = _routing(deps, routed).account(name, deps.api_base)
+    return UpstreamBalanceExhausted.on(name, account) if balance else exc
 
 
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
