@@ -31,13 +31,13 @@ from typing import Any
 import orjson
 
 from router.errors import InvalidRequest
+from router.schemas import IMAGE_PARTS
 from router.upstream.base import UpstreamCall
 
 DEEPSEEK_PREFIX = "deepseek/"  # litellm's provider prefix for DeepSeek model ids
 JSON_LINE = "Answer with a single JSON object."
 SCHEMA_LINE = "Answer with a single JSON object that follows this JSON schema: "
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,512}$")  # DeepSeek's documented user_id alphabet
-_IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 _MAX_SCHEMA_CHARS = 32_768  # a schema this large is refused rather than pasted into the prompt
 
 
@@ -62,7 +62,7 @@ def has_images(messages: Sequence[Any]) -> bool:
         if isinstance(content, list):
             for part in content:
                 kind = part.get("type") if isinstance(part, Mapping) else part.type
-                if kind in _IMAGE_PARTS:
+                if kind in IMAGE_PARTS:
                     return True
     return False
 
