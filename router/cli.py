@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from router.offline.inputs import InputError
 from router.routing.policy import Policy, PolicyError, json_schema, load_policy
@@ -59,7 +59,7 @@ def _fail(message: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flashpro",
         description="OpenAI-compatible routing proxy for DeepSeek V4 (Flash, Pro, Pro-Max).",
     )
@@ -179,7 +179,7 @@ def run_bench(args: Sequence[str]) -> int:
     return subprocess.call([sys.executable, str(script), *args])
 
 
-def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_model_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     from router.offline import evaluate, train
 
     for name, help_text, add, run in (
@@ -199,13 +199,27 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _load_or_report(path: Path | None) -> Policy | None:
+    """The policy, or None after saying what is wrong with it: one problem on one line, several
+    one per line under the file's name."""
     try:
         return load_policy(path)[0]
     except PolicyError as exc:
+        if len(exc.problems) == 1:
+            (problem,) = exc.problems
+            where = "" if problem.startswith(f"{exc.source}:") else f"{exc.source}: "
+            print(f"flashpro: invalid policy {where}{problem}", file=sys.stderr)
+            return None
         print(f"flashpro: invalid policy {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (and exit code 2, as argparse has)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def run_policy_check(args: argparse.Namespace) -> int:
@@ -235,7 +249,7 @@ def run_policy_simulate(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.file)
     if policy is None:
-        return 1
+        return 2
     if args.alias not in policy.aliases:
         known = ", ".join(policy.aliases)
         return _fail(f"no alias '{args.alias}' in {args.file} (aliases: {known})")
@@ -258,7 +272,7 @@ def run_policy_explain(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.file)
     if policy is None:
-        return 1
+        return 2
     thresholds = resolve_thresholds(policy, load_classifier(None).threshold_for_share)
     explain(policy, thresholds, table_console())
     return 0
@@ -273,7 +287,7 @@ def run_route(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.policy)
     if policy is None:
-        return 1
+        return 2
     classifier = load_classifier(None)
     routing = Routing.build(policy, "cli", classifier.threshold_for_share, {})
     request = _route_request(args)
@@ -391,7 +405,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     policy = _load_or_report(args.policy)
     if policy is None:
-        return 1
+        return 2
     if args.policy is not None:
         os.environ["FLASHPRO_POLICY"] = str(args.policy.resolve())
     print(f"flashpro: {policy_notice(args.policy)}", file=sys.stderr, flush=True)
