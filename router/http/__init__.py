@@ -1,0 +1,1 @@
+"""HTTP edges: the server protocol, request bodies, and the ASGI endpoints."""
