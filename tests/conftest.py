@@ -26,7 +26,7 @@ from router.app import build_deps, create_app
 from router.http.server import EdgeLimits, FlashproConfig
 from router.pipeline import Deps
 from router.settings import Settings
-from router.simulator import (
+from router.simulator.server import (
     RunningSimulator,
     SimulatorConfig,
     default_profiles,

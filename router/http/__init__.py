@@ -1,1 +1,1 @@
-"""HTTP edges: the server protocol, request bodies, and the ASGI endpoints."""
+"""The HTTP edges: the ASGI app's routes (chat completions, API, monitoring) and hot reload."""
