@@ -13,7 +13,7 @@ import pytest
 
 from router.app import build_deps
 from router.routing.callers import key_digest
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for
 from tests.fault_policy import CLIENT_KEY, OTHER_KEY, write_policy
 from tests.test_dashboard import browse
@@ -126,7 +126,9 @@ def test_the_dashboard_asks_for_a_key_and_draws_with_it(locked: str, tmp_path: P
     ask(locked, CLIENT_KEY, "a request for the dashboard")
     page = httpx.get(locked + "/dashboard")  # the page holds no data: its fetches need the key
     assert page.status_code == 200 and "Authorization" in page.text
-    unkeyed = browse(locked + "/dashboard", tmp_path / "p0", "--virtual-time-budget=3000", "--dump-dom")
+    unkeyed = browse(
+        locked + "/dashboard", tmp_path / "p0", "--virtual-time-budget=3000", "--dump-dom"
+    )
     assert '<form id="key-form">' in unkeyed.stdout  # shown: no longer `hidden`
     assert 'data-rendered="' not in unkeyed.stdout
     keyed = browse(

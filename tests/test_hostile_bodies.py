@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import WEATHER_TOOL, wait_until
 from tests.traffic import observed_flashpro
 

@@ -15,7 +15,7 @@ import pytest
 
 from router.app import build_deps
 from router.http.server import EdgeLimits
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for
 
 LIMITS = EdgeLimits(max_header_bytes=32 * 1024, header_timeout_s=1.0, body_timeout_s=1.0)

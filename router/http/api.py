@@ -39,16 +39,18 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_chat(request: Request, limit: int) -> ChatRequest:
-    """Read and validate a chat body (the same reader as the chat endpoint's)."""
-    return parse_chat(await read_body(request.receive, lower_headers(request), limit))
+async def read_chat(request: Request) -> ChatRequest:
+    """Read and validate a chat body (the same reader and limits as the chat endpoint's)."""
+    settings = request.app.state.settings
+    body = await read_body(request.receive, lower_headers(request), settings.max_body_bytes)
+    return parse_chat(body, settings.max_json_depth)
 
 
 @api.post("/v1/route")
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
-    chat = await read_chat(request, request.app.state.settings.max_body_bytes)
+    chat = await read_chat(request)
     given = lower_headers(request)
     routed = await preview(deps, chat, given)
     decision = routed.decision

@@ -22,6 +22,10 @@ attribute updates and no timer; a timer is armed only while a request is incompl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +33,9 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
+
+from router.settings import Settings
 
 Phase = Literal["head", "body"]
 LINGER_S = 2.0  # after a refusal, how long the client's remaining bytes are read and dropped
@@ -42,6 +49,15 @@ class EdgeLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 4096
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    return EdgeLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+    )
 
 
 class HeadTooLarge(Exception):
@@ -231,5 +247,40 @@ class FlashproConfig(uvicorn.Config):
 
     def __init__(self, app: Any, *, edges: EdgeLimits | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("http", BoundedHttpTools)
+        kwargs.setdefault("ws", "none")  # no WebSocket endpoints: an upgrade is plain HTTP
         super().__init__(app, **kwargs)
         self.edges = edges or EdgeLimits()
+
+
+def serve(config: FlashproConfig) -> int:
+    """Run the server until a signal stops it: 0 after a clean shutdown, 1 when the app's
+    shutdown failed (the last decision-log lines could not be written, say). With several
+    workers uvicorn's supervisor runs them, and a worker's failed shutdown is only logged."""
+    _raise_descriptor_limit(config.edges)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server = uvicorn.Server(config)
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to this handler
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(exit_status(server)))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return exit_status(server)
+
+
+def exit_status(server: uvicorn.Server) -> int:
+    """1 when the app's lifespan failed (a shutdown that lost data), else 0."""
+    lifespan = getattr(server, "lifespan", None)
+    failed = getattr(lifespan, "shutdown_failed", False) or getattr(
+        lifespan, "error_occurred", False
+    )
+    return 1 if failed else 0
+
+
+def _raise_descriptor_limit(edges: EdgeLimits) -> None:
+    """Room for every client connection the edge allows and one upstream connection each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * edges.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, ceiling), hard))

@@ -50,6 +50,7 @@ class RequestRecord:
     tier_rank: int = 0  # the serving tier's place in the policy, cheapest 0
     request: ChatRequest | None = None  # kept for the decision log and opted-in prompt logs
     at: float = field(default_factory=time.time)
+    key: str | None = None  # the sha256 of the caller's key (decision log: who may rate it)
 
     @property
     def savings_usd(self) -> float:
@@ -112,6 +113,7 @@ def record_of(
         stream=routed.request.stream,
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
+        key=caller.key,
     )
 
 
@@ -134,7 +136,10 @@ class Observer:
     @classmethod
     def for_policy(cls, policy: Policy) -> Observer:
         config = policy.observability.decision_log
-        return cls(decision_log=DecisionLog.from_policy(config) if config else None)
+        if config is None:
+            return cls()
+        metrics = Metrics()
+        return cls(metrics, decision_log=DecisionLog.from_policy(config, metrics.decision_log_drop))
 
     def request_done(self, record: RequestRecord) -> None:
         self.metrics.request_done(record)
