@@ -2,7 +2,7 @@
 beside flashpro's bounded one (router/http/server.py), both serving the same app. Does I/O:
 starts the simulated DeepSeek and the two servers, drives wrk and raw sockets.
 
-Run: python bench/edges.py [--seconds 6] [--rounds 2]
+Run: python bench/edges.py [--seconds 6] [--rounds 2] [--baseline ../main]
 
 1. throughput: wrk, 8 keep-alive connections, a different flash question each request, the
    simulator at speed 0; the two servers take turns `--rounds` times; req/s, p50 and CPU per
@@ -44,21 +44,19 @@ def serve(kind: str, port: int) -> None:
     """Run the app on `port` with the stock or the bounded protocol (the child process)."""
     import uvicorn
 
+    options = {"factory": True, "port": port, "log_level": "warning", "access_log": False}
+    if kind == "stock":
+        uvicorn.Server(uvicorn.Config("router.app:app_from_env", http="httptools", **options)).run()
+        return
     from router.http.server import EdgeLimits, FlashproConfig
 
-    options = {"factory": True, "port": port, "log_level": "warning", "access_log": False}
-    config = (
-        uvicorn.Config("router.app:app_from_env", http="httptools", **options)
-        if kind == "stock"
-        else FlashproConfig(
-            "router.app:app_from_env", edges=EdgeLimits(header_timeout_s=HEAD_TIMEOUT_S), **options
-        )
-    )
-    uvicorn.Server(config).run()
+    limits = EdgeLimits(header_timeout_s=HEAD_TIMEOUT_S)
+    uvicorn.Server(FlashproConfig("router.app:app_from_env", edges=limits, **options)).run()
 
 
 @contextmanager
-def server(kind: str, upstream: str) -> Iterator[tuple[str, int]]:
+def server(kind: str, upstream: str, root: Path = ROOT) -> Iterator[tuple[str, int]]:
+    """The app from the checkout at `root` (its `router` package) on the `kind` protocol."""
     port = free_port()
     env = {
         **ENV,
@@ -66,7 +64,7 @@ def server(kind: str, upstream: str) -> Iterator[tuple[str, int]]:
         "DEEPSEEK_API_KEY": KEY,
         "FLASHPRO_POLICY_POLL_SECONDS": "0",
         "FLASHPRO_ACCESS_LOG": "false",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
     }
     args = [PYTHON, __file__, "--serve", kind, "--port", str(port)]
     with running(args, port, f"flashpro-{kind}", env) as process:
@@ -142,6 +140,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="the stock server runs the app of this checkout (e.g. the main branch's) instead of "
+        "this one's: a before/after of the whole change, not just of the protocol",
+    )
     parser.add_argument("--serve", choices=["stock", "bounded"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,7 +164,8 @@ def main() -> int:
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         for _ in range(args.rounds):
             for kind in ("stock", "bounded"):
-                with server(kind, upstream) as (url, pid):
+                root = args.baseline if kind == "stock" and args.baseline else ROOT
+                with server(kind, upstream, root) as (url, pid):
                     throughput(url, pid, 1)  # warm-up
                     rates[kind].append(throughput(url, pid, args.seconds))
         for kind, runs in rates.items():
@@ -169,7 +175,8 @@ def main() -> int:
         bounded = statistics.median(r for r, _, _ in rates["bounded"])
         print(f"bounded / stock throughput (medians): {bounded / stock:.3f}")
         for kind in ("stock", "bounded"):
-            with server(kind, upstream) as (url, pid):
+            root = args.baseline if kind == "stock" and args.baseline else ROOT
+            with server(kind, upstream, root) as (url, pid):
                 before, after, outcomes = memory(url, pid)
                 print(f"{kind:8} 50 x 10 MB bearer: RSS {before:.0f} -> {after:.0f} MB {outcomes}")
                 opened, still, served = slowloris(url)

@@ -69,6 +69,14 @@ class ModelNotFound(FlashproError):
     default_code = "model_not_found"
 
 
+class RequestNotFound(FlashproError):
+    """No request with that id (made with the caller's key) is known."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "request_not_found"
+
+
 class PayloadTooLarge(FlashproError):
     status = 413
     type = "invalid_request_error"

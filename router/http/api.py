@@ -1,5 +1,6 @@
 """HTTP edge: the endpoints besides chat completions (router/http/chat.py): route explanation, the
-model list and health checks. I/O."""
+model list and health checks. With `auth.required` each takes a key (`/healthz` excepted): a
+client key for /v1/route, a monitoring key for /readyz, either for /v1/models. I/O."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 from typing import Any, cast
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
 from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
@@ -46,7 +48,7 @@ async def read_chat(request: Request) -> ChatRequest:
     return parse_chat(body, settings.max_json_depth)
 
 
-@api.post("/v1/route")
+@api.post("/v1/route", dependencies=[Depends(client_key)])
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
@@ -70,7 +72,7 @@ async def explain_route(request: Request) -> Response:
     return json_response(body, headers=decision_headers(decision, rid))
 
 
-@api.get("/v1/models")
+@api.get("/v1/models", dependencies=[Depends(any_key)])
 async def list_models(request: Request) -> Response:
     policy = deps_of(request).live.policy
     created = int(request.app.state.started_at)
@@ -102,7 +104,7 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@api.get("/readyz")
+@api.get("/readyz", dependencies=[Depends(monitoring_key)])
 async def readyz(request: Request) -> Response:
     deps = deps_of(request)
     cache_ok = await deps.cache.backend.reachable()
