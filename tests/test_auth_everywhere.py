@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from router.app import build_deps
 from router.routing.callers import key_digest
 from router.simulator.server import RunningSimulator
-from tests.conftest import serve_app, settings_for
+from tests.conftest import ROOT, serve_app, settings_for
 from tests.fault_policy import CLIENT_KEY, OTHER_KEY, write_policy
 from tests.test_dashboard import browse
 
@@ -139,3 +140,16 @@ def test_the_dashboard_asks_for_a_key_and_draws_with_it(locked: str, tmp_path: P
     )
     assert re.search(r'data-rendered="[1-9]', keyed.stdout)
     assert MONITOR_KEY not in keyed.stdout  # the key leaves the address bar and the page
+
+
+def test_the_documented_prometheus_authorization_is_a_bearer_block() -> None:
+    text = (ROOT / "deploy" / "prometheus.yml").read_text()
+    enabled = re.sub(
+        r"^(\s+)# (authorization:|  type:|  credentials_file:)", r"\1\2", text, flags=re.M
+    )
+    config = yaml.safe_load(enabled)
+    for job in config["scrape_configs"]:
+        assert job["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "/etc/prometheus/flashpro-key",
+        }
