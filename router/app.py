@@ -18,6 +18,7 @@ from router.http.api import api, json_response, request_id_of
 from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.http.monitor import monitor
 from router.http.reload import hot_reload
+from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
 from router.pipeline import Deps
@@ -28,6 +29,7 @@ from router.settings import Settings
 from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
+from router.state.responses import open_response_store
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
@@ -50,18 +52,27 @@ def build_deps(settings: Settings) -> Deps:
         controls=open_controls(settings.redis_url, os.environ),
         rates=open_rate_limiter(settings.redis_url),
         observer=Observer.for_policy(policy),
+        responses=open_response_store(
+            settings.redis_url,
+            settings.responses_ttl_seconds,
+            settings.responses_max_entry_bytes,
+        ),
     )
 
 
 class FlashproApp(FastAPI):
-    """FastAPI for every endpoint but the hot one: chat completions go straight to their bare
-    ASGI handler (router/http/chat.py), past the framework's routing and response layers."""
+    """FastAPI for every endpoint but the proxied ones: chat completions and responses go
+    straight to their bare ASGI handlers (router/http/chat.py, router/http/responses.py), past
+    the framework's routing and response layers."""
 
     chat: ChatEndpoint
+    responses: ResponsesEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self.chat(scope, receive, send)
+        elif scope["type"] == "http" and is_responses_path(scope["path"]):
+            await self.responses(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -88,6 +99,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         await app.state.deps.cache.aclose()
         await live.controls.aclose()
         await live.rates.aclose()
+        await live.responses.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()
@@ -96,6 +108,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
     app.chat = ChatEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
+    app.responses = ResponsesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)

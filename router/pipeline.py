@@ -13,7 +13,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from router.errors import UpstreamError
-from router.observe.observer import Observer, record_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
@@ -35,6 +36,7 @@ from router.state.cache import (
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.state.responses import ResponseStore
 from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
 from router.upstream.reasoning import ReasoningMemory
@@ -57,6 +59,7 @@ class Deps:
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from router.cli import main
 from router.observe.decisions import DecisionLog, DecisionLogLost, join, label_of
-from router.observe.observer import RequestRecord
+from router.observe.record import RequestRecord
 from router.offline.evaluate import read_rows
 from router.routing.callers import key_digest
 from router.routing.decision import Decision
