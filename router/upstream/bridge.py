@@ -68,9 +68,15 @@ _ECHOED = (
     "user",
 )
 _ITEM_TYPES = frozenset(
-    {"message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
-     "custom_tool_call_output"}
-)  # fmt: skip
+    (
+        "message",
+        "reasoning",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+    )
+)
 _TOOL_TYPES = frozenset({"function", "custom"})  # custom tools reach DeepSeek as functions
 _PROVIDER = "deepseek"
 
