@@ -136,6 +136,8 @@ async def readyz(request: Request) -> Response:
         "status": "ready" if cache_ok else "degraded",
         "checks": {"cache": "ok" if cache_ok else "unreachable"},
         "policy_version": deps.live.version,
+        # which file is live: None is the default embedded in the package
+        "policy_file": str(request.app.state.settings.policy or "") or None,
         "policy_reload_error": deps.holder.last_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
     }
