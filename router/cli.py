@@ -4,10 +4,10 @@ bench. I/O."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["bench"]:  # every flag, --help included, belongs to bench/run.py
         return run_bench(given[1:])
-    parser = build_parser()
+    parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
     args = parser.parse_args(given)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -58,7 +58,9 @@ def _fail(message: str) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (`command` given) one whose other offline commands are listed
+    without loading their modules."""
     parser = _Parser(
         prog="flashpro",
         description="OpenAI-compatible routing proxy for DeepSeek V4 (Flash, Pro, Pro-Max).",
@@ -145,12 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("file", type=Path, help="the policy YAML")
     describe.set_defaults(handler=run_policy_explain)
 
-    _add_model_commands(commands)
-    stats = commands.add_parser("stats", help="summarise a running flashpro's traffic")
-    from router.offline.stats import add_stats_arguments, run_stats
-
-    add_stats_arguments(stats)
-    stats.set_defaults(handler=run_stats)
+    _add_offline_commands(commands, command)
 
     commands.add_parser(  # listed for --help; main() hands its arguments to bench/run.py
         "bench",
@@ -179,23 +176,38 @@ def run_bench(args: Sequence[str]) -> int:
     return subprocess.call([sys.executable, str(script), *args])
 
 
-def _add_model_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
-    from router.offline import evaluate, train
+# Commands whose arguments live in their offline module, imported only when the command runs
+# (or for a full parser), so `route` and `serve` start without numpy-heavy modules they skip.
+OFFLINE_COMMANDS = (  # name, help, module, argument adder, handler
+    ("train", "fit the difficulty classifier", "train", "add_train_arguments", "run_train"),
+    ("eval", "evaluate routing quality", "evaluate", "add_eval_arguments", "run_eval"),
+    ("score", "score a data set", "evaluate", "add_score_arguments", "run_score"),
+    (
+        "bench-classifier",
+        "time the classifier",
+        "evaluate",
+        "add_bench_classifier_arguments",
+        "run_bench_classifier",
+    ),
+    (
+        "stats",
+        "summarise a running flashpro's traffic",
+        "stats",
+        "add_stats_arguments",
+        "run_stats",
+    ),
+)
 
-    for name, help_text, add, run in (
-        ("train", "fit the difficulty classifier", train.add_train_arguments, train.run_train),
-        ("eval", "evaluate routing quality", evaluate.add_eval_arguments, evaluate.run_eval),
-        ("score", "score a data set", evaluate.add_score_arguments, evaluate.run_score),
-        (
-            "bench-classifier",
-            "time the classifier",
-            evaluate.add_bench_classifier_arguments,
-            evaluate.run_bench_classifier,
-        ),
-    ):
+
+def _add_offline_commands(
+    commands: argparse._SubParsersAction[_Parser], command: str | None
+) -> None:
+    for name, help_text, module_name, add, run in OFFLINE_COMMANDS:
         sub = commands.add_parser(name, help=help_text)
-        add(sub)
-        sub.set_defaults(handler=run)
+        if command in (None, name):
+            module = importlib.import_module(f"router.offline.{module_name}")
+            getattr(module, add)(sub)
+            sub.set_defaults(handler=getattr(module, run))
 
 
 def _load_or_report(path: Path | None) -> Policy | None:
@@ -396,8 +408,7 @@ def _model_value(text: str) -> tuple[str, float]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from router.http.server import FlashproConfig, edge_limits, serve
     from router.settings import Settings
 
     logging.basicConfig(
@@ -428,20 +439,19 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     from router.observe.metrics import multiprocess_dir
 
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: exit 0 instead
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    config = FlashproConfig(
+        "router.app:app_from_env",
+        edges=edge_limits(settings),
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
-        uvicorn.run(
-            "router.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-        )
-    return 0
+        return serve(config)
 
 
 def policy_notice(path: Path | None) -> str:
@@ -452,10 +462,6 @@ def policy_notice(path: Path | None) -> str:
         "policy: the default embedded in the package; editing policies/default.yaml changes "
         "nothing until you run `flashpro serve --policy policies/default.yaml`"
     )
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    sys.exit(0)
 
 
 def _start_simulator(policy: Policy, speed: float) -> None:
