@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
@@ -270,3 +271,20 @@ def test_connections_past_the_cap_get_503(simulator: RunningSimulator, upstream_
         time.sleep(0.2)
         assert [s for s, _ in reply.answers] == [503] and is_envelope(reply.answers[0][1])
         assert httpx.get(base + "/healthz").status_code == 200
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().split("\n"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_fifty_ten_megabyte_bearers_are_refused_without_holding_memory(port: int) -> None:
+    huge = post(HELLO, "authorization: Bearer " + "k" * 10_000_000)
+    exchange(port, huge)  # warm-up: buffers the first refusal needs
+    before = rss_mb()  # the server runs in this process
+    statuses = [s for _ in range(50) for s, _ in exchange(port, huge).answers]
+    grown = rss_mb() - before
+    assert statuses == [431] * 50
+    assert grown < 50, f"RSS grew {grown:.0f} MB"
