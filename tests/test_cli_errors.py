@@ -183,3 +183,12 @@ def test_an_output_in_a_missing_directory_is_refused_before_any_work(
     }[command]
     line = one_line_error(flashpro(*args, cwd=tmp_path), "nowhere")
     assert "absent.jsonl" not in line
+
+
+@pytest.mark.parametrize("command", ["eval", "score", "train", "policy simulate"])
+def test_a_missing_required_option_is_one_line(command: str, tmp_path: Path) -> None:
+    args = [*command.split(), *([str(POLICY)] if command == "policy simulate" else [])]
+    result = flashpro(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().split("\n")
+    assert line.startswith(f"flashpro {command}: ") and "--data" in line and "--help" in line
