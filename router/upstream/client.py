@@ -31,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from yarl import URL
 
 from router.errors import FlashproError, UpstreamBusy, UpstreamError, UpstreamQueued
 from router.upstream.base import Deadlines, transport_failure
@@ -124,23 +124,23 @@ class Response:
         self._protocol = protocol if isinstance(protocol, _Handler) else None
         self._use = self._protocol.uses if self._protocol is not None else 0
 
-    async def read(self, first_byte_at: float | None = None) -> bytes:
-        """The whole body, at most `max_body_bytes`. `first_byte_at` (loop time): when its
-        first byte that is not whitespace must have come (DeepSeek sends blank lines while a
-        request waits in its queue)."""
+    async def read(self, on_first: Callable[[], None] | None = None) -> bytes:
+        """The whole body, at most `max_body_bytes`; `on_first` is called when its first byte
+        that is not whitespace comes (DeepSeek sends blank lines while a request waits in its
+        queue)."""
         parts: list[bytes] = []
         size = 0
-        until = first_byte_at
         try:
-            while part := await self.next_part(until):
+            while part := await self.next_part():
                 size += len(part)
                 if size > self.max_body_bytes:
                     raise UpstreamError(
                         f"The upstream's answer is over the {self.max_body_bytes}-byte limit."
                     )
                 parts.append(part)
-                if until is not None and part.strip():
-                    until = None
+                if on_first is not None and part.strip():
+                    on_first()
+                    on_first = None
         finally:
             self.close()
         return b"".join(parts)
@@ -201,7 +201,9 @@ class HttpClient:
     limits: ClientLimits = field(default_factory=ClientLimits)
     ssl_context: ssl.SSLContext | None = None  # None: the system's trust store
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
-    _timeouts: dict[tuple[Deadlines, float], aiohttp.ClientTimeout] = field(
+    # made once: aiohttp would parse the URL and build the timeout again for every request
+    _urls: dict[str, URL] = field(default_factory=dict, init=False, repr=False)
+    _timeouts: dict[tuple[Deadlines, float, bool], aiohttp.ClientTimeout] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -216,11 +218,9 @@ class HttpClient:
                 ttl_dns_cache=300,
                 ssl=self.ssl_context if self.ssl_context is not None else True,
             )
-            # aiohttp's own protocol, with the idle check above (its one construction point)
+            # aiohttp's own protocol, with the checks above (its one construction point)
             factory = functools.partial(_Handler, loop=connector._loop)
             connector._factory = cast("functools.partial[ResponseHandler]", factory)
-            tracing = aiohttp.TraceConfig()
-            tracing.on_connection_queued_start.append(_queued)
             session = self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
@@ -229,15 +229,24 @@ class HttpClient:
                 max_line_size=limits.max_header_bytes,
                 max_field_size=limits.max_header_bytes,
                 max_headers=limits.max_headers,
-                trace_configs=[tracing],
             )
         return session
 
-    def _timeout(self, deadlines: Deadlines, idle_s: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get((deadlines, idle_s))
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = URL(url)
+        return parsed
+
+    def _timeout(self, deadlines: Deadlines, idle_s: float, total: bool) -> aiohttp.ClientTimeout:
+        """aiohttp's timers: `connect` bounds waiting for a free connection and connecting
+        together, `sock_connect` connecting alone (so which fired tells a full pool from a slow
+        connect), `sock_read` the idle gap, `total` (when asked) the whole call."""
+        key = (deadlines, idle_s, total)
+        timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = self._timeouts[(deadlines, idle_s)] = aiohttp.ClientTimeout(
-                total=deadlines.total_s,
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=deadlines.total_s if total else None,
                 connect=deadlines.pool_wait_s + deadlines.connect_s,
                 sock_connect=deadlines.connect_s,
                 sock_read=idle_s,
@@ -254,20 +263,23 @@ class HttpClient:
         idle_s: float,
         proxy: str | None = None,
         first_byte_at: float | None = None,
+        total: bool = True,
     ) -> Response:
         """Send the request and wait for the answer's head (by `first_byte_at`, loop time, when
-        given); `idle_s` bounds every wait for the next bytes. Raises flashpro's errors: `UpstreamBusy` when no connection was free in time,
-        `UpstreamTimeout`, `UpstreamError`."""
-        trace = SimpleNamespace(queued=False)
+        given); `idle_s` bounds every wait for the next bytes, and `deadlines.total_s` the whole
+        call unless `total` is False (the caller keeps that deadline itself). Raises flashpro's
+        errors: `UpstreamBusy` when no connection was free in time, `UpstreamTimeout`,
+        `UpstreamError`."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             request = self._client().post(
-                url,
+                self._url(url),
                 data=body,
                 headers=headers,
                 proxy=proxy,
-                timeout=self._timeout(deadlines, idle_s),
+                timeout=self._timeout(deadlines, idle_s, total),
                 allow_redirects=False,
-                trace_request_ctx=trace,
             )
             if first_byte_at is None:
                 raw = await request
@@ -275,14 +287,15 @@ class HttpClient:
                 async with asyncio.timeout_at(first_byte_at):
                     raw = await request
         except aiohttp.ConnectionTimeoutError as exc:
-            if trace.queued:
+            waited = loop.time() - started
+            if waited >= deadlines.pool_wait_s + deadlines.connect_s - _EARLY:
                 raise UpstreamBusy(
                     "Every connection to the upstream is in use; try again shortly.",
                     headers={"Retry-After": "1"},
                 ) from exc
             raise transport_failure(timed_out=True) from exc
         except TimeoutError as exc:
-            if first_byte_at is not None and asyncio.get_running_loop().time() >= first_byte_at:
+            if first_byte_at is not None and loop.time() >= first_byte_at:
                 raise first_byte_timeout() from exc
             raise transport_failure(timed_out=True) from exc
         except _FAILURES as exc:
@@ -294,9 +307,7 @@ class HttpClient:
             await self._session.close()
 
 
-async def _queued(session: object, context: SimpleNamespace, params: object) -> None:
-    """The request waits for a free connection (the pool is at its limit)."""
-    context.trace_request_ctx.queued = True
+_EARLY = 0.01  # timers fire a little early or late; a connect timeout ends far from the pool's
 
 
 _FAILURES = (aiohttp.ClientError, OSError)

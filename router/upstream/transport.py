@@ -30,8 +30,9 @@ from router.upstream.base import (
     UpstreamCall,
     error_for_status,
     scrub,
+    transport_failure,
 )
-from router.upstream.client import ClientLimits, HttpClient, Response
+from router.upstream.client import ClientLimits, HttpClient, Response, first_byte_timeout
 from router.upstream.sse import EventDecoder, EventStreamError
 
 Transport = Literal["direct", "litellm"]
@@ -153,28 +154,28 @@ class DirectUpstream:
             self._http = HttpClient(self.limits, self.ssl_context)
         return self._http
 
-    async def _post(self, call: UpstreamCall, *, stream: bool) -> tuple[Response, float | None]:
-        """Send the call; the answer's head, and when its first byte is due (loop time)."""
-        deadlines = call.deadlines
-        first_byte_at = None
-        if deadlines.first_byte_s is not None:
-            first_byte_at = asyncio.get_running_loop().time() + deadlines.first_byte_s
+    async def _post(
+        self, call: UpstreamCall, first_byte_at: float | None, *, stream: bool
+    ) -> Response:
+        """Send the call and wait for the answer's head. A stream's deadlines are kept by the
+        client (aiohttp's `total`, the first event by `first_byte_at`); a whole answer's by the
+        caller, with one timer."""
         body = orjson.dumps(request_body(call, stream=stream))
         base = (call.api_base or self.default_api_base).rstrip("/")
         try:
             headers = self._request_headers(call.api_key, stream)
         except ValueError as exc:
             raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
-        response = await self._client().post(
+        return await self._client().post(
             base + "/chat/completions",
             headers,
             body,
-            deadlines,
+            call.deadlines,
             call.timeout_s,
             self._proxy(base),
             first_byte_at,
+            total=stream,
         )
-        return response, first_byte_at
 
     def _proxy(self, base: str) -> str | None:
         """The proxy for a base URL, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base
@@ -201,10 +202,28 @@ class DirectUpstream:
         return headers
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        response, first_byte_at = await self._post(call, stream=False)
-        if not 200 <= response.status < 300:
-            raise await self._rejection(call, response)
-        raw = await response.read(first_byte_at)
+        """A whole answer, under one timer: due at the first-byte deadline until the answer's
+        first byte that is not whitespace, then at the whole-call deadline."""
+        deadlines, now = call.deadlines, asyncio.get_running_loop().time()
+        first_at = None if deadlines.first_byte_s is None else now + deadlines.first_byte_s
+        total_at = None if deadlines.total_s is None else now + deadlines.total_s
+        started = False
+
+        def first_byte() -> None:
+            nonlocal started
+            started = True
+            timer.reschedule(total_at)
+
+        try:
+            async with asyncio.timeout_at(_earliest(first_at, total_at)) as timer:
+                response = await self._post(call, None, stream=False)
+                if not 200 <= response.status < 300:
+                    raise await self._rejection(call, response)
+                raw = await response.read(first_byte)
+        except TimeoutError:
+            if not started and first_at is not None and first_at <= (total_at or first_at):
+                raise first_byte_timeout() from None
+            raise transport_failure(timed_out=True) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -214,7 +233,11 @@ class DirectUpstream:
         return Completion(body=body, usage=Usage.from_wire(body.get("usage")))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
-        response, first_byte_at = await self._post(call, stream=True)
+        first_byte_s = call.deadlines.first_byte_s
+        first_byte_at = None
+        if first_byte_s is not None:
+            first_byte_at = asyncio.get_running_loop().time() + first_byte_s
+        response = await self._post(call, first_byte_at, stream=True)
         if not 200 <= response.status < 300:
             raise await self._rejection(call, response)
         return _events(response, first_byte_at)
@@ -234,6 +257,11 @@ class DirectUpstream:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+
+def _earliest(*moments: float | None) -> float | None:
+    given = [moment for moment in moments if moment is not None]
+    return min(given) if given else None
 
 
 def header_value(name: str, value: str) -> str:
