@@ -1,5 +1,5 @@
-"""HTTP edge: the endpoints besides chat completions (router/http/chat.py): route explanation, the
-model list and health checks. I/O."""
+"""HTTP edge: the endpoints besides the proxied ones (router/http/chat.py, responses.py): route
+explanation (of a chat or a Responses body), the model list and health checks. I/O."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
+from router.http.responses import is_responses_body
 from router.pipeline import Deps, preview
-from router.schemas import ChatRequest
 
 api = APIRouter()
 
@@ -39,17 +39,16 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_chat(request: Request, limit: int) -> ChatRequest:
-    """Read and validate a chat body (the same reader as the chat endpoint's)."""
-    return parse_chat(await read_body(request.receive, lower_headers(request), limit))
-
-
 @api.post("/v1/route")
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
-    chat = await read_chat(request, request.app.state.settings.max_body_bytes)
     given = lower_headers(request)
+    raw = await read_body(request.receive, given, request.app.state.settings.max_body_bytes)
+    if is_responses_body(raw):  # a Responses body is routed as the chat request it becomes
+        chat = await request.app.responses.routable(deps, given, raw)
+    else:
+        chat = parse_chat(raw)
     routed = await preview(deps, chat, given)
     decision = routed.decision
     body = {

@@ -55,6 +55,15 @@ def is_responses_path(path: str) -> bool:
     return path == RESPONSES_PATH or path.startswith(_RETRIEVE_PREFIX)
 
 
+def is_responses_body(body: bytes) -> bool:
+    """Whether a JSON body is in the Responses format (`input`, no `messages`)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "input" in data and "messages" not in data
+
+
 def parse_responses(body: bytes) -> ResponsesRequest:
     """Validate a Responses body; every problem becomes a 400 in OpenAI's format."""
     return parse_json(body, ResponsesRequest)
@@ -196,6 +205,12 @@ class ResponsesEndpoint:
             return
         if events.completed is not None:
             await self._keep(deps, namespace, request, history, events.completed)
+
+    async def routable(self, deps: Deps, headers: Mapping[str, str], body: bytes) -> ChatRequest:
+        """A Responses body as the chat request it would be routed as (POST /v1/route)."""
+        request = parse_responses(body)
+        history = await self._history(deps, namespace_for(deps, headers), request)
+        return chat_of(self.bridge.to_chat(request, history))
 
 
 async def _refuse(allow: str) -> None:
