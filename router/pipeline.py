@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
+from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
@@ -93,17 +94,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-
-
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
 
 
 def route(
@@ -291,7 +281,13 @@ async def _store(
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+    return Answer(_fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
+
+
+def _fresh(body: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer as a new completion: its own id and creation time, as every answer
+    from the upstream has (clients key logs and deduplication on the id)."""
+    return {**body, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
@@ -342,7 +338,7 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
     failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        replay = _replay(chunks_of(_fresh(entry.body), routed.request.include_usage()))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from router.errors import FlashproError, InvalidRequest, RouteNotFound
+from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from router.http.chat import (
     Exchange,
     Receive,
@@ -214,4 +214,4 @@ class ResponsesEndpoint:
 
 
 async def _refuse(allow: str) -> None:
-    raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": allow})
+    raise MethodNotAllowed("Method Not Allowed", headers={"allow": allow})
