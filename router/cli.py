@@ -8,7 +8,6 @@ import importlib
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -409,8 +408,7 @@ def _model_value(text: str) -> tuple[str, float]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from router.http.server import FlashproConfig, edge_limits, serve
     from router.settings import Settings
 
     logging.basicConfig(
@@ -441,20 +439,19 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     from router.observe.metrics import multiprocess_dir
 
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: exit 0 instead
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    config = FlashproConfig(
+        "router.app:app_from_env",
+        edges=edge_limits(settings),
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
-        uvicorn.run(
-            "router.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-        )
-    return 0
+        return serve(config)
 
 
 def policy_notice(path: Path | None) -> str:
@@ -465,10 +462,6 @@ def policy_notice(path: Path | None) -> str:
         "policy: the default embedded in the package; editing policies/default.yaml changes "
         "nothing until you run `flashpro serve --policy policies/default.yaml`"
     )
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    sys.exit(0)
 
 
 def _start_simulator(policy: Policy, speed: float) -> None:

@@ -38,6 +38,7 @@ class RequestRecord:
     tier_rank: int = 0  # the serving tier's place in the policy, cheapest 0
     request: ChatRequest | None = None  # kept for the decision log and opted-in prompt logs
     at: float = field(default_factory=time.time)
+    key: str | None = None  # the sha256 of the caller's key (decision log: who may rate it)
 
     @property
     def savings_usd(self) -> float:
@@ -100,4 +101,5 @@ def record_of(
         stream=routed.request.stream,
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
+        key=caller.key,
     )
