@@ -20,9 +20,9 @@ from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import load_policy
 from router.routing.routed import Routing
 from router.simulator.server import RunningSimulator
+from router.state.reasoning import ReasoningMemory
 from router.state.responses import ResponseStore
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 from tests.fault_policy import CLIENT_KEY, write_policy
 
@@ -105,7 +105,7 @@ def test_routed_by_the_same_policy_as_chat(fixed: str, sim: RunningSimulator) ->
     pinned = client(fixed).responses.with_raw_response.create(model="pro", input="hello")
     assert pinned.headers["x-flashpro-tier"] == "pro"
     assert pinned.headers["x-flashpro-rule"] == "pinned:pro"
-    assert [body["model"] for body in chat_bodies(sim)] == ["deepseek-v4-flash", "deepseek-v4-pro"]
+    assert [body["model"] for body in chat_bodies(sim)] == ["deepseek-flash", "deepseek-v4-pro"]
 
 
 def test_reasoning_is_surfaced_as_a_reasoning_item(flashpro: str) -> None:
