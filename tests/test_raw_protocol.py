@@ -21,6 +21,7 @@ from tests.conftest import serve_app, settings_for
 
 LIMITS = EdgeLimits(max_header_bytes=32 * 1024, header_timeout_s=1.0, body_timeout_s=1.0)
 HELLO = orjson.dumps({"model": "flash", "messages": [{"role": "user", "content": "hello"}]})
+BIG = orjson.dumps({"model": "flash", "messages": [{"role": "user", "content": "x " * 100_000}]})
 
 
 def post(body: bytes = HELLO, *headers: str, length: int | None = None) -> bytes:
@@ -178,6 +179,11 @@ CASES = [
     Case(
         "two pipelined requests",
         lambda p: exchange(p, post() + post(), wait_s=1.5),
+        (any_of(200), any_of(200)),
+    ),
+    Case(
+        "a 200 KB request and a pipelined one in one write",
+        lambda p: exchange(p, post(BIG) + post(), wait_s=3),
         (any_of(200), any_of(200)),
     ),
     Case(
