@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
     app.chat = ChatEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
-    app.responses = ResponsesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.responses = ResponsesEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)
