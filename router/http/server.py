@@ -98,7 +98,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.refuse(
+            self.phase = None  # no lingering here: the connection goes at once
+            self.transport.write(
                 error_response(
                     503,
                     "Service Unavailable",
@@ -106,6 +107,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "too_many_connections",
                 )
             )
+            self.transport.close()
             return
         self.phase_ends = self.loop.time() + self.limits.header_timeout_s
         self.deadline = self.loop.call_later(self.limits.header_timeout_s, self.expire)
