@@ -25,6 +25,10 @@ class Routing:
     version: str
     thresholds: Mapping[str, Thresholds]
     keys: Mapping[str, str | None]  # api_key_env name -> key
+    # (tier, default base URL) -> upstream identity: computed once per routing, not per request
+    _identities: dict[tuple[str, str | None], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -41,9 +45,13 @@ class Routing:
         """Which upstream answers for `tier`: a hash of its base URL and account key (never the
         key itself). Cached answers, spend and budgets are kept per upstream, so a simulated and
         a real flashpro sharing one Redis never serve or charge each other."""
-        spec = self.policy.tiers[tier]
-        base = spec.api_base or default_base
-        return upstream_identity(base, self.keys.get(spec.api_key_env))
+        known = self._identities.get((tier, default_base))
+        if known is None:
+            spec = self.policy.tiers[tier]
+            base = spec.api_base or default_base
+            known = upstream_identity(base, self.keys.get(spec.api_key_env))
+            self._identities[(tier, default_base)] = known
+        return known
 
     def upstreams(self, default_base: str | None) -> str:
         """One identity for every upstream the policy's tiers call (budgets, share window)."""
