@@ -28,6 +28,7 @@ test: setup redis chromium
 lint: setup
 	$(BIN)/ruff format --check router tests bench
 	$(BIN)/ruff check router tests bench
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

@@ -41,7 +41,7 @@ BODY = orjson.dumps(
 
 SIMULATOR = f"""
 import sys
-from router import simulator
+from router.simulator import server as simulator
 config = simulator.SimulatorConfig(simulator.default_profiles(), speed=0, api_key={KEY!r})
 simulator.serve(config, "127.0.0.1", int(sys.argv[1]))
 """

@@ -274,7 +274,7 @@ def streams(url: str, n: int, request: bytes, pid: int | None) -> dict[str, Any]
 
 
 def time_classifier(samples: int = 2000) -> dict[str, float]:
-    from router.classify import load_classifier
+    from router.routing.classify import load_classifier
     from router.schemas import ChatRequest
 
     classifier = load_classifier(None)

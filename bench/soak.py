@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import wait_ready  # noqa: E402
-from router.cost import Usage, cost_usd  # noqa: E402
-from router.policy import Policy  # noqa: E402
+from router.routing.cost import Usage, cost_usd  # noqa: E402
+from router.routing.policy import Policy  # noqa: E402
 
 Verdict = Literal["answered", "failed", "lost"]
 PROPER_STATUSES = frozenset({400, 401, 404, 413, 422, 429, 502, 503, 504})
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from router.policy import parse_policy
-    from router.simulator import SimulatorConfig, default_profiles, start_in_thread
+    from router.routing.policy import parse_policy
+    from router.simulator.server import SimulatorConfig, default_profiles, start_in_thread
 
     sim = start_in_thread(
         SimulatorConfig(profiles=default_profiles(), speed=args.speed, api_key=SOAK_KEY)

@@ -13,22 +13,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from router.api import api, json_response, request_id_of
-from router.cache import open_cache
-from router.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
-from router.classify import load_classifier
-from router.controls import open_controls
 from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
-from router.logs import configure_access_log
-from router.monitor import monitor
-from router.observe import Observer
-from router.pipeline import Deps, Routing
-from router.policy import Policy, load_policy
-from router.ratelimit import open_rate_limiter
-from router.reasoning import ReasoningMemory
-from router.reload import hot_reload
+from router.http.api import api, json_response, request_id_of
+from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
+from router.http.monitor import monitor
+from router.http.reload import hot_reload
+from router.observe.logs import configure_access_log
+from router.observe.observer import Observer
+from router.pipeline import Deps
+from router.routing.classify import load_classifier
+from router.routing.policy import Policy, load_policy
+from router.routing.routed import Routing
 from router.settings import Settings
-from router.transport import open_upstream
+from router.state.controls import open_controls
+from router.state.near import open_cache
+from router.state.ratelimit import open_rate_limiter
+from router.upstream.reasoning import ReasoningMemory
+from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
 
@@ -54,7 +55,7 @@ def build_deps(settings: Settings) -> Deps:
 
 class FlashproApp(FastAPI):
     """FastAPI for every endpoint but the hot one: chat completions go straight to their bare
-    ASGI handler (router/chat.py), past the framework's routing and response layers."""
+    ASGI handler (router/http/chat.py), past the framework's routing and response layers."""
 
     chat: ChatEndpoint
 

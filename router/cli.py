@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from router.policy import Policy, PolicyError, json_schema, load_policy
+from router.routing.policy import Policy, PolicyError, json_schema, load_policy
 
 if TYPE_CHECKING:
-    from router.simulator import SimulatorConfig
+    from router.simulator.server import SimulatorConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_model_commands(commands)
     stats = commands.add_parser("stats", help="summarise a running flashpro's traffic")
-    from router.stats import add_stats_arguments, run_stats
+    from router.offline.stats import add_stats_arguments, run_stats
 
     add_stats_arguments(stats)
     stats.set_defaults(handler=run_stats)
@@ -124,7 +124,7 @@ def run_bench(args: Sequence[str]) -> int:
 
 
 def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from router import evaluate, train
+    from router.offline import evaluate, train
 
     for name, help_text, add, run in (
         ("train", "fit the difficulty classifier", train.add_train_arguments, train.run_train),
@@ -173,9 +173,9 @@ def run_policy_schema(args: argparse.Namespace) -> int:
 
 
 def run_policy_simulate(args: argparse.Namespace) -> int:
-    from router.classify import load_classifier
-    from router.decide import resolve_thresholds
-    from router.simulate import as_json, load_rows, render, simulate
+    from router.offline.simulate import as_json, load_rows, render, simulate
+    from router.routing.classify import load_classifier
+    from router.routing.decide import resolve_thresholds
 
     policy = _load_or_report(args.file)
     if policy is None:
@@ -196,9 +196,9 @@ def run_policy_simulate(args: argparse.Namespace) -> int:
 def run_policy_explain(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from router.classify import load_classifier
-    from router.decide import resolve_thresholds
-    from router.explain import explain
+    from router.offline.explain import explain
+    from router.routing.classify import load_classifier
+    from router.routing.decide import resolve_thresholds
 
     policy = _load_or_report(args.file)
     if policy is None:
@@ -209,9 +209,10 @@ def run_policy_explain(args: argparse.Namespace) -> int:
 
 
 def run_route(args: argparse.Namespace) -> int:
-    from router.classify import load_classifier
-    from router.decide import decide
-    from router.pipeline import Routing, facts_of
+    from router.pipeline import facts_of
+    from router.routing.classify import load_classifier
+    from router.routing.decide import decide
+    from router.routing.routed import Routing
     from router.schemas import ChatRequest
 
     policy = _load_or_report(args.policy)
@@ -238,7 +239,7 @@ def run_route(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from router import simulator
+    from router.simulator import server as simulator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = simulator_config(args)
@@ -267,7 +268,7 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    from router.simulator import SimulatorConfig, default_profiles
+    from router.simulator.server import SimulatorConfig, default_profiles
 
     profiles = default_profiles()
     base = profiles["deepseek-v4-flash"]
@@ -322,7 +323,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    from router.metrics import multiprocess_dir
+    from router.observe.metrics import multiprocess_dir
 
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: exit 0 instead
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -345,7 +346,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def _start_simulator(policy: Policy, speed: float) -> None:
-    from router import simulator
+    from router.simulator import server as simulator
 
     profiles = dict(simulator.default_profiles())
     for tier in policy.tiers.values():

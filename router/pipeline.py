@@ -12,46 +12,35 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from router.assemble import StreamAssembler, chunks_of
-from router.auth import authorize
-from router.cache import BYPASS, CachePlan, CacheStatus, Entry, ResponseCache, is_complete, plan_for
-from router.classify import Assessment, Classifier
-from router.constrain import NO_STATE, RoutingState
-from router.controls import Caller, Controls, caller_of
-from router.cost import Usage, cost_usd
-from router.decide import Decision, RequestFacts, Thresholds, decide, resolve_thresholds
 from router.errors import UpstreamError
-from router.observe import Observer, record_of
-from router.policy import Policy
-from router.ratelimit import RateLimiter, check_shape, limits_for
-from router.reasoning import ReasoningMemory
-from router.reload import RoutingHolder
-from router.resilience import NO_TRAIL, Resilience, Trail
+from router.observe.observer import Observer, record_of
+from router.routing.auth import authorize
+from router.routing.callers import Caller
+from router.routing.classify import Classifier
+from router.routing.constrain import NO_STATE, RoutingState
+from router.routing.cost import Usage, cost_usd
+from router.routing.decide import decide
+from router.routing.decision import Decision, RequestFacts
+from router.routing.policy import Policy
+from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
-from router.upstream import Chunk, Completion, Upstream, UpstreamCall
+from router.state.cache import (
+    BYPASS,
+    CachePlan,
+    CacheStatus,
+    Entry,
+    ResponseCache,
+    is_complete,
+    plan_for,
+)
+from router.state.controls import Controls, caller_of
+from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.upstream.assemble import StreamAssembler, chunks_of
+from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
+from router.upstream.reasoning import ReasoningMemory
+from router.upstream.resilience import NO_TRAIL, Resilience, Trail
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Routing:
-    """The live policy bound to the classifier's calibration, and the upstream keys it names."""
-
-    policy: Policy
-    version: str
-    thresholds: Mapping[str, Thresholds]
-    keys: Mapping[str, str | None]  # api_key_env name -> key
-
-    @classmethod
-    def build(
-        cls,
-        policy: Policy,
-        version: str,
-        threshold_for_share: Callable[[float], float],
-        environ: Mapping[str, str],
-    ) -> Routing:
-        keys = {tier.api_key_env: environ.get(tier.api_key_env) for tier in policy.tiers.values()}
-        return cls(policy, version, resolve_thresholds(policy, threshold_for_share), keys)
 
 
 @dataclass(frozen=True)
@@ -78,20 +67,6 @@ class Deps:
     def live(self) -> Routing:
         """The routing new requests use (the latest valid policy)."""
         return self.holder.current
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """A request with its routing decision (and the routing that made it, kept for the call)."""
-
-    request: ChatRequest
-    assessment: Assessment
-    decision: Decision
-    routing: Routing | None = None
-    caller: Caller = field(default_factory=Caller)
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
-    request_id: str = ""
-    admitted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +149,7 @@ async def preview(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) 
 
 async def guard(deps: Deps, policy: Policy, caller: Caller, request: ChatRequest) -> None:
     """Authenticate the caller (401), then hold the request to its caps (400) and its key's
-    per-minute rates (429); see router/auth.py and router/ratelimit.py."""
+    per-minute rates (429); see router/routing/auth.py and router/state/ratelimit.py."""
     authorize(policy, caller)
     limits = limits_for(policy, caller.group)
     check_shape(limits, request)
@@ -279,7 +254,7 @@ async def resilient(
     deps: Deps, routed: Routed, call: Callable[[Routed], Awaitable[T]]
 ) -> tuple[T, Routed, Trail]:
     """The upstream call under the policy's retries, fallbacks and circuit breakers; returns
-    the request as re-routed to the tier that answered (router/resilience.py)."""
+    the request as re-routed to the tier that answered (router/upstream/resilience.py)."""
 
     def to(decision: Decision) -> Routed:
         return routed if decision is routed.decision else replace(routed, decision=decision)
@@ -335,7 +310,7 @@ def observe(
     decision: Decision | None = None,
 ) -> None:
     """The one observation hook: a finished (or failed) chat request, as one record, to the
-    metrics, the access log, the dashboard and the decision log (router/observe.py)."""
+    metrics, the access log, the dashboard and the decision log (router/observe/observer.py)."""
     policy = _routing(deps, routed).policy if routed is not None else deps.live.policy
     record = record_of(
         policy,
@@ -362,7 +337,7 @@ def _produced_by(decision: Decision, entry: Entry) -> Decision:
 
 async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> StreamAnswer:
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
-    failures surface as a status). Streams are not coalesced: see router/cache.py."""
+    failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
         replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
         decision = _produced_by(routed.decision, entry)

@@ -116,7 +116,7 @@ class ChatRequest(BaseModel):
     def derived(self, name: str, derive: Callable[[ChatRequest], T], owner: object = None) -> T:
         """`derive(self)`, computed once per request object and `owner` (the classifier or policy
         the value depends on; another owner recomputes it). Requests are never mutated, and
-        router/chat.py hands one parsed object to every identical body it sees."""
+        router/http/chat.py hands one parsed object to every identical body it sees."""
         memo: dict[str, tuple[object, Any]] = self.__pydantic_private__["_derived"]  # type: ignore[index]
         slot = memo.get(name)
         if slot is None or slot[0] is not owner:

@@ -47,5 +47,5 @@ class Settings(BaseSettings):
     transport: Literal["direct", "litellm"] = Field(
         default="direct",
         description="How deepseek/ models are called: flashpro's own HTTP client (direct) or "
-        "litellm; other providers always go through litellm. See router/transport.py.",
+        "litellm; other providers always go through litellm. See router/upstream/transport.py.",
     )

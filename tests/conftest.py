@@ -25,7 +25,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from router.app import build_deps, create_app
 from router.pipeline import Deps
 from router.settings import Settings
-from router.simulator import (
+from router.simulator.server import (
     RunningSimulator,
     SimulatorConfig,
     default_profiles,

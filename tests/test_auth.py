@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from router.app import build_deps
-from router.auth import authorize, key_digest
-from router.controls import Caller
 from router.errors import Unauthorized
-from router.policy import load_policy
-from router.simulator import RunningSimulator
+from router.routing.auth import authorize
+from router.routing.callers import Caller, key_digest
+from router.routing.policy import load_policy
+from router.simulator.server import RunningSimulator
 from tests.conftest import UPSTREAM_KEY, serve_app, settings_for
 from tests.fault_policy import CLIENT_KEY, OTHER_KEY, write_policy
 

@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from router.cache import (
+from router.routing.policy import Policy, load_policy
+from router.schemas import ChatRequest
+from router.state.cache import (
     BYPASS,
     Cache,
     CachePlan,
@@ -27,8 +29,6 @@ from router.cache import (
     plan_for,
     request_digest,
 )
-from router.policy import Policy, load_policy
-from router.schemas import ChatRequest
 from tests.conftest import RedisServer, free_port
 
 

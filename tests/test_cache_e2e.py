@@ -16,14 +16,15 @@ import openai
 import orjson
 import pytest
 
-from router.cache import Cache, MemoryCache, RedisCache, ResponseCache
-from router.classify import FixedScoreClassifier
-from router.limits import Breaker, Retries
-from router.pipeline import Deps, Routing
-from router.policy import load_policy
-from router.reasoning import ReasoningMemory
-from router.simulator import RunningSimulator
-from router.upstream import LiteLLMUpstream
+from router.pipeline import Deps
+from router.routing.classify import FixedScoreClassifier
+from router.routing.limits import Breaker, Retries
+from router.routing.policy import load_policy
+from router.routing.routed import Routing
+from router.simulator.server import RunningSimulator
+from router.state.cache import Cache, MemoryCache, RedisCache, ResponseCache
+from router.upstream.base import LiteLLMUpstream
+from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for
 
 

@@ -1,4 +1,4 @@
-"""The chat endpoint's edge (router/chat.py): parsing once per body, request ids, methods, and
+"""The chat endpoint's edge (router/http/chat.py): parsing once per body, request ids, methods, and
 the access log's buffered lines."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import orjson
 import pytest
 
 from router.app import build_deps
-from router.chat import Intake, request_id_for
-from router.classify import Assessment, Classifier
 from router.errors import InvalidRequest
-from router.logs import ACCESS_LOGGER, configure_access_log, emit, flush_access_log
-from router.observe import Observer
+from router.http.chat import Intake, request_id_for
+from router.observe.logs import ACCESS_LOGGER, configure_access_log, emit, flush_access_log
+from router.observe.observer import Observer
+from router.routing.classify import Assessment, Classifier
 from router.schemas import ChatRequest
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for, wait_until
 
 

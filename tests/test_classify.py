@@ -5,8 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.classify import Calibration, LinearClassifier, Link, estimate_tokens, load_classifier
-from router.features import N_FEATURES, extract
+from router.routing.classify import (
+    Calibration,
+    LinearClassifier,
+    Link,
+    estimate_tokens,
+    load_classifier,
+)
+from router.routing.features import N_FEATURES, extract
 from router.schemas import ChatRequest
 from tests.test_features import VARIED, plain_extract, routing_prompts
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from router.connections import Pool, ProtocolFailure
-from router.transport import header_line, target
+from router.upstream.connections import Pool, ProtocolFailure
+from router.upstream.transport import header_line, target
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 FIELDS = header_line("content-type", "application/json")

@@ -13,15 +13,17 @@ import httpx
 import pytest
 import redis
 
-from router.classify import FixedScoreClassifier, estimate_tokens
-from router.controls import Controls, MemoryLedger, caller_of, open_controls
 from router.errors import InvalidRequest
-from router.pipeline import Deps, Routing
-from router.policy import parse_policy
-from router.reasoning import ReasoningMemory
+from router.pipeline import Deps
+from router.routing.classify import FixedScoreClassifier, estimate_tokens
+from router.routing.policy import parse_policy
+from router.routing.routed import Routing
 from router.schemas import ChatRequest
-from router.simulator import RunningSimulator
-from router.upstream import LiteLLMUpstream
+from router.simulator.server import RunningSimulator
+from router.state.controls import Controls, caller_of, open_controls
+from router.state.ledger import MemoryLedger
+from router.upstream.base import LiteLLMUpstream
+from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 
 HELLO = ChatRequest.model_validate(

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.decide import Decision
-from router.observe import RequestRecord
-from router.rolling import Rolling, percentile
-from router.simulator import RunningSimulator
+from router.observe.observer import RequestRecord
+from router.observe.rolling import Rolling, percentile
+from router.routing.decision import Decision
+from router.simulator.server import RunningSimulator
 from tests.conftest import ROOT
 from tests.traffic import Sent, observed_flashpro, send_mix
 

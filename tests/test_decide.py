@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from router.classify import Assessment
-from router.constrain import RoutingState, Spent
-from router.decide import RequestFacts, Thresholds, decide, resolve_thresholds, target_of
 from router.errors import ModelNotFound, RateLimited
-from router.latency import Profile
-from router.limits import BudgetLimit
-from router.policy import Policy, parse_policy
+from router.routing.classify import Assessment
+from router.routing.constrain import RoutingState, Spent
+from router.routing.decide import decide, resolve_thresholds, target_of
+from router.routing.decision import RequestFacts, Thresholds
+from router.routing.latency import Profile
+from router.routing.limits import BudgetLimit
+from router.routing.policy import Policy, parse_policy
 
 POLICY_YAML = """
 version: 1

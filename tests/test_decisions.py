@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from router.cli import main
-from router.decide import Decision
-from router.decisions import DecisionLog, join, label_of
-from router.evaluate import read_rows
-from router.observe import RequestRecord
-from router.simulator import RunningSimulator
+from router.observe.decisions import DecisionLog, join, label_of
+from router.observe.observer import RequestRecord
+from router.offline.evaluate import read_rows
+from router.routing.decision import Decision
+from router.simulator.server import RunningSimulator
 from tests.conftest import wait_until
 from tests.traffic import chat, observed_flashpro
 

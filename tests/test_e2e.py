@@ -12,13 +12,14 @@ import httpx
 import openai
 import pytest
 
-from router.classify import FixedScoreClassifier
-from router.limits import Breaker, Retries
-from router.pipeline import Deps, Routing
-from router.policy import load_policy
-from router.reasoning import ReasoningMemory
-from router.simulator import RunningSimulator
-from router.upstream import LiteLLMUpstream
+from router.pipeline import Deps
+from router.routing.classify import FixedScoreClassifier
+from router.routing.limits import Breaker, Retries
+from router.routing.policy import load_policy
+from router.routing.routed import Routing
+from router.simulator.server import RunningSimulator
+from router.upstream.base import LiteLLMUpstream
+from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, WEATHER_TOOL, serve_app, settings_for
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.evaluate import apgr, cpt, report, routing_curve, row_from_json
+from router.offline.evaluate import apgr, cpt, report, routing_curve, row_from_json
 
 
 def outcomes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ import redis
 from bench.soak import Outcome, chat_body, send
 from router.app import build_deps
 from router.pipeline import Deps
-from router.policy import Policy, load_policy
-from router.simulator import RunningSimulator
+from router.routing.policy import Policy, load_policy
+from router.simulator.server import RunningSimulator
 from tests.conftest import (
     UPSTREAM_KEY,
     FlashproProcess,

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from router.features import (
+from router.routing.features import (
     _CODE_WORDS,
     _PROOF_WORDS,
     _ZERO_DIGITS,

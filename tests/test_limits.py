@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from router.controls import Caller, Controls, conversation_of
-from router.cost import Usage
-from router.decide import Decision
-from router.latency import LatencyLearner, Profile, expected_latency_ms
-from router.limits import OffPeak
-from router.policy import PolicyError, parse_policy
+from router.routing.callers import Caller
+from router.routing.cost import Usage
+from router.routing.decision import Decision
+from router.routing.latency import LatencyLearner, Profile, expected_latency_ms
+from router.routing.limits import OffPeak
+from router.routing.policy import PolicyError, parse_policy
 from router.schemas import ChatRequest
+from router.state.controls import Controls, conversation_of
 
 DEFAULT_YAML = (Path(__file__).resolve().parents[1] / "policies" / "default.yaml").read_text()
 HEX = "ab" * 32

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from router.cost import Usage
-from router.decide import Decision
-from router.logs import ACCESS_LOGGER, access_line, configure_access_log
-from router.observe import RequestRecord, tenant_of
-from router.policy import Observability
+from router.observe.logs import ACCESS_LOGGER, access_line, configure_access_log
+from router.observe.observer import RequestRecord, tenant_of
+from router.routing.cost import Usage
+from router.routing.decision import Decision
+from router.routing.policy import Observability
 from router.schemas import ChatRequest
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.traffic import observed_flashpro, send_mix
 
 DECISION = Decision("auto", "pro", "deepseek/deepseek-v4-pro", "enabled", "high", 0.7, "t", "why")

@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.constrain import Spent
-from router.cost import Usage
-from router.decide import Decision
-from router.limits import BudgetLimit
-from router.logs import FLUSH_S
-from router.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
-from router.observe import Observer, RequestRecord
-from router.policy import Observability
-from router.simulator import RunningSimulator
+from router.observe.logs import FLUSH_S
+from router.observe.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
+from router.observe.observer import Observer, RequestRecord
+from router.routing.constrain import Spent
+from router.routing.cost import Usage
+from router.routing.decision import Decision
+from router.routing.limits import BudgetLimit
+from router.routing.policy import Observability
+from router.simulator.server import RunningSimulator
 from tests.conftest import flashpro_process, wait_until
 from tests.traffic import Sent, observed_flashpro, send_mix
 
@@ -152,7 +152,7 @@ def test_fallback_and_breaker_api() -> None:
 
 
 def test_tenant_label_only_when_the_policy_allows() -> None:
-    from router.policy import Observability
+    from router.routing.policy import Observability
 
     decision = Decision("auto", "flash", "deepseek/x", "disabled", None, 0.1, "threshold", "r")
     metrics = Metrics()

@@ -1,4 +1,4 @@
-"""The near cache in front of Redis (router/near.py): repeated hits stay in process for a
+"""The near cache in front of Redis (router/state/near.py): repeated hits stay in process for a
 moment, writes go through, the preferred key still wins, and an outage serves what is kept."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from router.cache import MemoryCache, RedisCache, open_cache
-from router.near import NearCache
-from router.policy import CachePolicy
+from router.routing.policy import CachePolicy
+from router.state.cache import MemoryCache, RedisCache
+from router.state.near import NearCache, open_cache
 from tests.conftest import RedisServer
 
 

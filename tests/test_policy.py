@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from router.cli import main
-from router.policy import PolicyError, json_schema, load_policy, parse_policy
+from router.routing.policy import PolicyError, json_schema, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "policies").glob("*.yaml"))

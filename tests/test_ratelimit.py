@@ -13,15 +13,16 @@ import httpx
 import pytest
 import redis
 
-from router import store
 from router.app import build_deps
-from router.auth import key_digest
 from router.errors import InvalidRequest, RateLimited
-from router.limits import Group, RequestLimits
-from router.policy import load_policy
-from router.ratelimit import MemoryCounter, RateLimiter, check_shape, limits_for
+from router.routing.callers import key_digest
+from router.routing.limits import Group, RequestLimits
+from router.routing.policy import load_policy
 from router.schemas import ChatRequest
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
+from router.state import store
+from router.state.counter import MemoryCounter, RedisCounter
+from router.state.ratelimit import RateLimiter, check_shape, limits_for
 from tests.conftest import RedisServer, serve_app, settings_for
 from tests.fault_policy import CLIENT_KEY, OTHER_KEY, write_policy
 
@@ -111,8 +112,8 @@ def test_redis_counters_are_shared_and_survive_an_outage(redis_server: RedisServ
     limits = RequestLimits(requests_per_minute=3)
 
     async def run(stopped: bool) -> None:
-        one = RateLimiter(store.RedisCounter(store.connect(url)))
-        two = RateLimiter(store.RedisCounter(store.connect(url)))
+        one = RateLimiter(RedisCounter(store.connect(url)))
+        two = RateLimiter(RedisCounter(store.connect(url)))
         try:
             if stopped:
                 for _ in range(5):  # Redis down: counted in memory, never an error

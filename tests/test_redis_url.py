@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from router.cache import RedisCache, connect_redis
-from router.redis_url import RedisTarget, parse_redis_url
+from router.state.cache import RedisCache
+from router.state.redis_url import RedisTarget, parse_redis_url
+from router.state.store import connect_redis
 from tests.conftest import RedisServer, free_port, wait_until
 
 
@@ -105,7 +106,7 @@ async def test_cache_through_a_real_sentinel(sentinel: int) -> None:
 
 
 async def test_budgets_accept_a_sentinel_url_but_not_a_cluster() -> None:
-    from router.store import connect
+    from router.state.store import connect
 
     client = connect("redis+sentinel://127.0.0.1:1/mymaster")
     assert "Sentinel" in type(client.connection_pool).__name__

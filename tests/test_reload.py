@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 
-from router.classify import FixedScoreClassifier
-from router.pipeline import Deps, Routing
-from router.policy import Policy, load_policy
-from router.reasoning import ReasoningMemory
-from router.reload import RoutingHolder, hot_reload
-from router.simulator import RunningSimulator
-from router.upstream import LiteLLMUpstream
+from router.http.reload import hot_reload
+from router.pipeline import Deps
+from router.routing.classify import FixedScoreClassifier
+from router.routing.policy import Policy, load_policy
+from router.routing.routed import Routing, RoutingHolder
+from router.simulator.server import RunningSimulator
+from router.upstream.base import LiteLLMUpstream
+from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, serve_app, settings_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

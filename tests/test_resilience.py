@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from router.app import build_deps
-from router.decide import Decision
 from router.errors import (
     FlashproError,
     InvalidRequest,
@@ -25,12 +24,13 @@ from router.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from router.limits import Breaker, Group, Retries
 from router.pipeline import Deps
-from router.policy import load_policy
-from router.resilience import Resilience, Trail, chain, delay_s
-from router.simulator import RunningSimulator
-from router.upstream import Chunk, Completion, Upstream, UpstreamCall
+from router.routing.decision import Decision
+from router.routing.limits import Breaker, Group, Retries
+from router.routing.policy import load_policy
+from router.simulator.server import RunningSimulator
+from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
+from router.upstream.resilience import Resilience, Trail, chain, delay_s
 from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, serve_app, settings_for
 from tests.fault_policy import write_policy
 
@@ -67,7 +67,7 @@ def test_chain_skips_tiers_the_group_may_not_use() -> None:
 
 
 def test_fallback_to_an_unknown_tier_is_a_policy_error() -> None:
-    from router.policy import PolicyError, parse_policy
+    from router.routing.policy import PolicyError, parse_policy
 
     text = Path(__file__).parents[1].joinpath("policies/default.yaml").read_text()
     with pytest.raises(PolicyError, match=r"fallbacks\.pro"):

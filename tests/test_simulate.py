@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from router.classify import Assessment
 from router.cli import run_policy_explain, run_policy_simulate
-from router.decide import resolve_thresholds
-from router.policy import parse_policy
+from router.offline.simulate import Row, percentile, simulate
+from router.routing.classify import Assessment
+from router.routing.decide import resolve_thresholds
+from router.routing.policy import parse_policy
 from router.schemas import ChatRequest
-from router.simulate import Row, percentile, simulate
 
 POLICY = """
 version: 1

@@ -16,7 +16,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # the cost-map switch above must come first
 
 from router.cli import add_simulator_arguments, simulator_config
-from router.simulator import (
+from router.simulator.server import (
     ModelProfile,
     RunningSimulator,
     SimulatorConfig,

@@ -10,8 +10,8 @@ import pytest
 
 from bench.soak import soak
 from router.app import build_deps
-from router.policy import load_policy
-from router.simulator import RunningSimulator
+from router.routing.policy import load_policy
+from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for
 from tests.fault_policy import write_policy
 

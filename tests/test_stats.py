@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from router.cli import main
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import free_port
 from tests.traffic import observed_flashpro, send_mix
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from router.classify import load_classifier
-from router.evaluate import add_score_arguments, read_rows, request_from_json, run_score
-from router.train import Candidate, add_train_arguments, choose, fit, run_train
+from router.offline.evaluate import add_score_arguments, read_rows, request_from_json, run_score
+from router.offline.train import Candidate, add_train_arguments, choose, fit, run_train
+from router.routing.classify import load_classifier
 
 HARD = "Prove that the integral of f converges; derive the bound step by step."
 EASY = "What colour is the sky?"

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import pytest
 import trustme
 
-from router.assemble import StreamAssembler
 from router.errors import (
     FlashproError,
     UpstreamAuthFailed,
@@ -29,9 +28,15 @@ from router.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from router.simulator import RunningSimulator, SimulatorConfig, default_profiles, start_in_thread
-from router.transport import DirectUpstream
-from router.upstream import Chunk, Completion, UpstreamCall
+from router.simulator.server import (
+    RunningSimulator,
+    SimulatorConfig,
+    default_profiles,
+    start_in_thread,
+)
+from router.upstream.assemble import StreamAssembler
+from router.upstream.base import Chunk, Completion, UpstreamCall
+from router.upstream.transport import DirectUpstream
 from tests.conftest import UPSTREAM_KEY, free_port
 
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")

@@ -9,8 +9,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from router.assemble import StreamAssembler
-from router.cost import Usage
 from router.errors import (
     ContextTooLong,
     FlashproError,
@@ -20,10 +18,12 @@ from router.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from router.routing.cost import Usage
 from router.schemas import ChatRequest
-from router.simulator import RunningSimulator
-from router.transport import ByProvider, DirectUpstream, open_upstream, request_body
-from router.upstream import Chunk, Completion, LiteLLMUpstream, Upstream, UpstreamCall
+from router.simulator.server import RunningSimulator
+from router.upstream.assemble import StreamAssembler
+from router.upstream.base import Chunk, Completion, LiteLLMUpstream, Upstream, UpstreamCall
+from router.upstream.transport import ByProvider, DirectUpstream, open_upstream, request_body
 from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, WEATHER_TOOL
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ import httpx
 import yaml
 
 from router.app import build_deps
-from router.simulator import RunningSimulator
+from router.simulator.server import RunningSimulator
 from tests.conftest import ROOT, serve_app, settings_for
 
 

@@ -1,0 +1,283 @@
+"""HTTP edge for `POST /v1/chat/completions`, the hot path, as a bare ASGI handler. I/O.
+
+Every proxied request and cache hit comes through here, so it skips the framework's routing,
+dependency and response layers (`FlashproApp` in router/app.py sends this one path here and
+everything else to FastAPI): it reads the body, runs the pipeline and writes the answer with
+raw ASGI messages. Errors are rendered here, in OpenAI's format, as router/app.py does for the
+other endpoints. A stream is cancelled as soon as its client disconnects.
+
+Identical bodies (a hot prompt, a retried request) are parsed once: `Intake` keeps the
+validated request of recent bodies by digest, and the pipeline memoises what it derives from a
+request object (assessment, cache digest), so a repeated request skips straight to the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from router.errors import (
+    FlashproError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RouteNotFound,
+    internal_error_envelope,
+)
+from router.pipeline import (
+    Answer,
+    Deps,
+    StreamAnswer,
+    admit,
+    cache_plan,
+    complete,
+    observe,
+    open_stream,
+)
+from router.routing.decision import Decision
+from router.routing.routed import Routed
+from router.schemas import ChatRequest
+from router.state.cache import CacheStatus
+
+log = logging.getLogger("flashpro")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CHAT_PATH = "/v1/chat/completions"
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_JSON = (b"content-type", b"application/json")
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+_NO_CACHE = (b"cache-control", b"no-cache")
+_ids = itertools.count()
+_ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across workers
+
+
+def request_id_for(given: str | None) -> str:
+    """The client's x-request-id when it is short and plain, else a new unique one."""
+    if given and len(given) <= 64 and set(given) <= _REQUEST_ID_OK:
+        return given
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+def headers_of(scope: Scope) -> dict[str, str]:
+    """Request headers with lower-case names (the last of repeated ones wins)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+class ClientGone(FlashproError):
+    """The client disconnected before its request body arrived (nobody reads the answer)."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_disconnected"
+
+
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The whole body, refused with a 413 beyond `limit` bytes (declared or sent)."""
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and message["type"] == "http.request":
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientGone("The client disconnected while sending its request.")
+        if not message.get("more_body", False):
+            return b"".join(parts)
+        message = await receive()
+        part: bytes = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        parts.append(part)
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in error["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param) from None
+
+
+class Intake:
+    """Parsed requests of recently seen bodies, by digest: bodies up to `max_body` bytes, at
+    most `entries` of them and `max_bytes` of body in all (oldest out first).
+
+    The pipeline never mutates a request, so one parsed object can serve every identical body;
+    invalid bodies are not kept (their error is raised each time)."""
+
+    def __init__(
+        self, entries: int = 1024, max_body: int = 16 * 1024, max_bytes: int = 4 * 1_048_576
+    ) -> None:
+        self.entries = entries
+        self.max_body = max_body
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._seen: OrderedDict[bytes, tuple[ChatRequest, int]] = OrderedDict()
+
+    def parse(self, body: bytes) -> ChatRequest:
+        if len(body) > self.max_body:
+            return parse_chat(body)
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        seen = self._seen.get(digest)
+        if seen is not None:
+            return seen[0]
+        request = parse_chat(body)
+        self._seen[digest] = (request, len(body))
+        self.bytes += len(body)
+        while len(self._seen) > self.entries or self.bytes > self.max_bytes:
+            self.bytes -= self._seen.popitem(last=False)[1][1]  # the oldest
+        return request
+
+
+def decision_headers(decision: Decision, request_id: str) -> dict[str, str]:
+    return {
+        "x-flashpro-tier": decision.tier,
+        "x-flashpro-model": decision.model.split("/", 1)[-1],
+        "x-flashpro-score": f"{decision.score:.4f}",
+        "x-flashpro-rule": decision.rule,
+        "x-flashpro-request-id": request_id,
+    }
+
+
+def cache_headers(status: CacheStatus, saved_usd: float) -> dict[str, str]:
+    """x-flashpro-cache; a hit costs nothing and reports what it saved."""
+    if status != "hit":
+        return {"x-flashpro-cache": status}
+    return {
+        "x-flashpro-cache": status,
+        "x-flashpro-cost-usd": "0",
+        "x-flashpro-cache-saved-usd": f"{saved_usd:.8f}",
+    }
+
+
+def answer_headers(answer: Answer | StreamAnswer, request_id: str) -> dict[str, str]:
+    """The decision, cache and fallback headers of an answer (a hit's cost header says 0)."""
+    headers = decision_headers(answer.decision, request_id)
+    headers.update(cache_headers(answer.cache, answer.saved_usd))
+    headers.update(answer.trail.headers())
+    return headers
+
+
+def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def send_json(send: Send, status: int, body: Any, headers: Mapping[str, str]) -> None:
+    data = orjson.dumps(body)
+    raw = [_JSON, (b"content-length", str(len(data)).encode()), *_raw(headers)]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events; an upstream failure mid-stream becomes an error event, then [DONE]."""
+    try:
+        async for data in chunks:
+            yield b"data: " + orjson.dumps(data) + b"\n\n"
+    except FlashproError as exc:
+        yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+async def send_stream(
+    send: Send, receive: Receive, events: AsyncIterator[bytes], headers: Mapping[str, str]
+) -> None:
+    """Write the events as they come; if the client disconnects, stop at once (the upstream
+    stream is closed and the request is observed as cut, status 499)."""
+    raw = [_SSE, _NO_CACHE, *_raw(headers)]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        if task is not None:
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        try:
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        except Exception:  # the status is sent: end the body early, the client sees no [DONE]
+            log.exception("stream %s: unexpected error", headers.get("x-flashpro-request-id"))
+        await send({"type": "http.response.body", "body": b""})
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # a shutdown, not the client leaving
+        if task is not None:
+            task.uncancel()
+    finally:
+        watcher.cancel()
+
+
+class ChatEndpoint:
+    """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
+
+    def __init__(self, deps_of: Callable[[], Deps], max_body_bytes: int) -> None:
+        self.deps_of = deps_of
+        self.max_body_bytes = max_body_bytes
+        self.intake = Intake()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = headers_of(scope)
+        rid = request_id_for(headers.get("x-request-id"))
+        deps = self.deps_of()
+        routed: Routed | None = None
+        try:
+            if scope["method"] != "POST":
+                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
+            body = await read_body(receive, headers, self.max_body_bytes)
+            chat = self.intake.parse(body)
+            routed = await admit(deps, chat, headers, rid)
+            plan = cache_plan(deps, routed, headers)
+            if chat.stream:
+                opened = await open_stream(deps, routed, plan)
+                await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
+                return
+            answer = await complete(deps, routed, plan)
+            out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+            await send_json(send, 200, answer.body, out)
+        except ClientGone:
+            observe(deps, routed, request_id=rid, status=499, error="client_disconnected")
+        except FlashproError as exc:
+            observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error")
+            if exc.status >= 500:
+                log.warning("request %s failed: %s", rid, exc.message)
+            out = {**exc.headers, "x-flashpro-request-id": rid}
+            await send_json(send, exc.status, exc.envelope(), out)
+        except Exception as exc:
+            log.exception("request %s: unexpected error", rid, exc_info=exc)
+            observe(deps, routed, request_id=rid, status=500, error="internal_error")
+            out = {"x-flashpro-request-id": rid}
+            await send_json(send, 500, internal_error_envelope(rid), out)

@@ -1,0 +1,1 @@
+"""Observation: request records to metrics, the access log, the decision log, rolling stats."""

@@ -1,0 +1,178 @@
+"""The decision log: routing decisions and the feedback applications send about their answers, as
+JSON Lines that `flashpro train` reads. Buffered in memory and appended to the file in the
+background (`flushing`), never once per request; `join` and `label_of` are pure.
+
+A decision line (the format `router.train` documents, plus routing facts):
+
+    {"id": "<request id>", "request": {"messages": [...], "tools": ..., "response_format": ...},
+     "tier": "flash", "tier_rank": 0, "alias": "auto", "score": 0.31, "rule": "...",
+     "reason": "...", "cache": "miss", "status": 200, "cost_usd": ..., "at": <unix time>}
+
+Feedback (`POST /v1/feedback`) for a decision still in the buffer is written into its line;
+otherwise it is appended on its own, `{"id": ..., "feedback": {...}}`, and `join` (used by
+`flashpro train`'s reader) merges it into the decision with the same id. A joined line carries
+`label`, the gain of a stronger tier, and `feedback.strong_better` / `weak_better`:
+
+* served by the weakest tier: a good answer means the weak tier was enough (label 0), a bad one
+  that a stronger tier was needed (label 1);
+* served by a stronger tier: a good answer counts for the stronger tier (label 1), a bad one says
+  it did not help (label 0).
+
+A score in [0, 1] in place of `good` gives the fractions in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from router.observe.observer import RequestRecord
+    from router.routing.policy import DecisionLogPolicy
+
+_REQUEST_FIELDS = ("messages", "tools", "tool_choice", "response_format")
+log = logging.getLogger("flashpro.decisions")
+_PENDING_MAX = 10_000  # decisions kept in memory, waiting for the next flush
+
+
+def label_of(tier_rank: int, score: float) -> float:
+    """The stronger tier's gain, from an answer's quality score (1 good, 0 bad)."""
+    score = min(max(score, 0.0), 1.0)
+    return 1.0 - score if tier_rank == 0 else score
+
+
+def feedback_fields(tier_rank: int, score: float) -> dict[str, Any]:
+    label = label_of(tier_rank, score)
+    return {
+        "label": label,
+        "feedback": {"score": score, "strong_better": label > 0.5, "weak_better": False},
+    }
+
+
+def decision_line(record: RequestRecord, include_request: bool) -> dict[str, Any]:
+    decision = record.decision
+    assert decision is not None
+    line: dict[str, Any] = {
+        "id": record.request_id,
+        "tier": decision.tier,
+        "tier_rank": record.tier_rank,
+        "alias": decision.alias,
+        "score": decision.score,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "cache": record.cache,
+        "status": record.status,
+        "cost_usd": record.cost_usd,
+        "at": record.at,
+    }
+    if include_request and record.request is not None:
+        body = record.request.model_dump(include=set(_REQUEST_FIELDS), exclude_none=True)
+        line["request"] = body
+    return line
+
+
+def join(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Merge feedback-only lines into their decisions; drop decisions nobody rated (they have
+    no label) and feedback without a decision. Rows of other formats pass through unchanged."""
+    decisions: dict[str, dict[str, Any]] = {}
+    ratings: dict[str, float] = {}
+    order: list[str] = []
+    for row in rows:
+        if "tier_rank" not in row and not _is_feedback(row):
+            yield row  # routing data or a hand-labelled log line
+        elif _is_feedback(row):
+            ratings[str(row["id"])] = float(row["feedback"]["score"])
+        else:
+            key = str(row["id"])
+            if key not in decisions:
+                order.append(key)
+            decisions[key] = row
+    for key in order:
+        row = decisions[key]
+        if "label" in row:
+            yield row
+        elif key in ratings:
+            yield {**row, **feedback_fields(int(row["tier_rank"]), ratings[key])}
+
+
+def _is_feedback(row: Mapping[str, Any]) -> bool:
+    """A feedback-only line (hand-labelled rows carry their prompt and no `score`)."""
+    rated = isinstance(row.get("feedback"), Mapping) and "score" in row["feedback"]
+    return rated and not {"tier_rank", "request", "messages", "prompt"} & row.keys()
+
+
+class DecisionLog:
+    """Buffers decision lines and feedback; `flush` appends them to the file in one write."""
+
+    def __init__(self, path: Path, include_request: bool = True, flush_s: float = 2.0) -> None:
+        self.path = path
+        self.include_request = include_request
+        self.flush_s = flush_s
+        self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._feedback: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_policy(cls, config: DecisionLogPolicy) -> DecisionLog:
+        return cls(Path(config.path), config.include_request, config.flush_seconds)
+
+    def decision(self, record: RequestRecord) -> None:
+        self._pending[record.request_id] = decision_line(record, self.include_request)
+        if len(self._pending) > _PENDING_MAX:  # flushing fell behind: keep memory bounded
+            self._pending.popitem(last=False)
+
+    def feedback(self, request_id: str, score: float) -> None:
+        """Join the feedback now if its decision is still buffered, else log it on its own."""
+        line = self._pending.get(request_id)
+        if line is not None:
+            line.update(feedback_fields(int(line["tier_rank"]), score))
+        else:
+            self._feedback.append({"id": request_id, "feedback": {"score": score}})
+
+    def take(self) -> bytes:
+        """The buffered lines as one block, emptying the buffer."""
+        lines = [*self._pending.values(), *self._feedback]
+        self._pending.clear()
+        self._feedback.clear()
+        return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+    def flush(self) -> None:
+        block = self.take()
+        if block:
+            self._append(block)
+
+    @asynccontextmanager
+    async def flushing(self) -> AsyncIterator[None]:
+        """Flush every `flush_s` seconds in a background task, and once more at the end (a
+        write in progress is finished, not cancelled)."""
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.flush_s)
+                block = self.take()
+                if block:
+                    try:
+                        await asyncio.to_thread(self._append, block)
+                    except OSError as exc:  # a full or missing disk must not stop the server
+                        log.warning("decision log %s: cannot write: %s", self.path, exc)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    def _append(self, block: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as out:  # one append of whole lines, even with many writers
+            out.write(block)

@@ -1,0 +1,1 @@
+"""Offline commands over data files: train, evaluate, policy simulate/explain, stats."""

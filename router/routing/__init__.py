@@ -1,0 +1,1 @@
+"""The pure routing core: policy models, features, classifier, decide/constrain, cost, latency."""

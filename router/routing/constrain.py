@@ -1,0 +1,193 @@
+"""Bend a rule-and-score decision to live limits: conversation affinity, the traffic-share cap,
+the caller's group, latency targets and spend budgets. Pure: the live state comes in as data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from router.errors import ModelNotFound, RateLimited
+from router.routing.decision import Decision, Thresholds
+from router.routing.latency import Profile, expected_latency_ms, profile_of
+from router.routing.limits import BudgetLimit
+from router.routing.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One budget scope's spend so far this UTC day and month, with its limits."""
+
+    scope: str  # "total", "key", "group:<name>"
+    limit: BudgetLimit
+    day_usd: float = 0.0
+    month_usd: float = 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        day, month = self.limit.usd_per_day, self.limit.usd_per_month
+        return (day is not None and self.day_usd >= day) or (
+            month is not None and self.month_usd >= month
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    """Live facts decide() may look at beyond the request: all plain data, gathered before."""
+
+    spent: tuple[Spent, ...] = ()
+    max_latency_ms: float | None = None  # the x-flashpro-max-latency-ms header
+    max_tokens: int | None = None  # the request's output limit
+    profiles: Mapping[str, Profile] = field(default_factory=dict)  # learned latency
+    strong_share: float | None = None  # share of the window at the share cap's tier or above
+    group: str | None = None  # the caller's key group
+    affinity_tier: str | None = None  # the tier that served this conversation before
+
+
+NO_STATE = RoutingState()
+
+
+def routed_model(policy: Policy, model: str, state: RoutingState) -> str:
+    """The model name to route: a group's default alias stands in for the policy's first alias."""
+    group = policy.groups.get(state.group or "")
+    first = next(iter(policy.aliases))
+    if group is not None and group.default_alias is not None and model == first:
+        return group.default_alias
+    return model
+
+
+def usable_tiers(policy: Policy, group_name: str | None) -> list[str]:
+    group = policy.groups.get(group_name or "")
+    if group is None:
+        return list(policy.tiers)
+    allowed = group.allowed_tiers or list(policy.tiers)
+    return [t for t in policy.tiers if t in allowed and t not in group.forbidden_tiers]
+
+
+def constrain(
+    policy: Policy, thresholds: Mapping[str, Thresholds], decision: Decision, state: RoutingState
+) -> Decision:
+    """Apply affinity, the share cap, the group, latency targets and budgets, in that order."""
+    if decision.alias is not None:
+        steps = thresholds[decision.alias]
+        decision = _affinity(policy, steps, decision, state)
+        decision = _share_cap(policy, steps, decision, state)
+    decision = _group(policy, decision, state)
+    if decision.alias is not None:
+        decision = _latency(policy, decision, state)
+    return _budgets(policy, decision, state)
+
+
+def _threshold(steps: Thresholds, tier: str) -> float | None:
+    return next((value for name, value in steps.steps if name == tier), None)
+
+
+def _affinity(
+    policy: Policy, steps: Thresholds, decision: Decision, state: RoutingState
+) -> Decision:
+    rules, previous = policy.affinity, state.affinity_tier
+    if rules is None or not rules.enabled or previous is None or previous == decision.tier:
+        return decision
+    if previous not in policy.tiers or not decision.rule.startswith("threshold:"):
+        return decision
+    upper = max(previous, decision.tier, key=policy.rank)
+    boundary = _threshold(steps, upper)
+    if boundary is None or abs(decision.score - boundary) >= rules.margin:
+        return decision
+    reason = f"{decision.reason}; conversation stays on {previous} (prefix cache)"
+    return retarget(policy, decision, previous, rule="affinity", reason=reason)
+
+
+def _share_cap(
+    policy: Policy, steps: Thresholds, decision: Decision, state: RoutingState
+) -> Decision:
+    cap, share = policy.share_cap, state.strong_share
+    if cap is None or share is None or share < cap.max_share:
+        return decision
+    rank = policy.rank(decision.tier)
+    if rank < policy.rank(cap.tier) or rank == 0:
+        return decision
+    threshold = _threshold(steps, decision.tier)
+    if threshold is None or decision.score >= threshold + cap.margin:
+        return decision
+    lower = list(policy.tiers)[rank - 1]
+    reason = (
+        f"{decision.reason}; {cap.tier}+ share {share:.2f} >= {cap.max_share:.2f}, "
+        f"borderline score goes down to {lower}"
+    )
+    return retarget(policy, decision, lower, rule="share-cap", reason=reason)
+
+
+def _group(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
+    usable = usable_tiers(policy, state.group)
+    if decision.tier in usable:
+        return decision
+    if decision.alias is None:
+        raise ModelNotFound(
+            f"The model '{decision.tier}' is not available to this API key.", param="model"
+        )
+    rank = policy.rank(decision.tier)
+    below = [t for t in usable if policy.rank(t) < rank]
+    tier = below[-1] if below else usable[0]
+    reason = f"{decision.reason}; group {state.group} may not use {decision.tier}"
+    return retarget(policy, decision, tier, rule=f"group:{state.group}", reason=reason)
+
+
+def _latency(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
+    limits = [policy.aliases[decision.alias].max_latency_ms if decision.alias else None]
+    limits.append(state.max_latency_ms)
+    given = [limit for limit in limits if limit is not None]
+    if not given:
+        return decision
+    limit = min(given)
+
+    def expected(name: str) -> float:
+        tier = policy.tiers[name]
+        return expected_latency_ms(tier, profile_of(tier, state.profiles, name), state.max_tokens)
+
+    if expected(decision.tier) <= limit:
+        return decision
+    usable = usable_tiers(policy, state.group)
+    rank = policy.rank(decision.tier)
+    fits = [t for t in usable if policy.rank(t) < rank and expected(t) <= limit]
+    if fits:
+        tier = fits[-1]
+        why = f"expected {expected(decision.tier):.0f} ms > {limit:.0f} ms, {tier} fits"
+    else:
+        tier = min(usable, key=expected)
+        why = f"no tier is expected within {limit:.0f} ms; {tier} is the fastest"
+    if tier == decision.tier:
+        return decision
+    return retarget(policy, decision, tier, rule="latency", reason=f"{decision.reason}; {why}")
+
+
+def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
+    budgets = policy.budgets
+    spent = next((s for s in state.spent if s.exhausted), None)
+    if budgets is None or spent is None:
+        return decision
+    if budgets.on_exhausted == "reject":
+        raise RateLimited(
+            f"The {spent.scope} spend budget is exhausted (spent ${spent.day_usd:.4f} today, "
+            f"${spent.month_usd:.4f} this month). Try again when the budget resets.",
+        )
+    target = budgets.downgrade_to or next(iter(policy.tiers))
+    if policy.rank(decision.tier) <= policy.rank(target):
+        return decision
+    reason = f"{decision.reason}; {spent.scope} budget spent, downgraded to {target}"
+    return retarget(policy, decision, target, rule=f"budget:{spent.scope}", reason=reason)
+
+
+def retarget(
+    policy: Policy, decision: Decision, tier: str, reason: str, rule: str | None = None
+) -> Decision:
+    """The decision moved to another tier (by a limit, a fallback or a cached answer)."""
+    spec = policy.tiers[tier]
+    return replace(
+        decision,
+        tier=tier,
+        model=spec.model,
+        thinking=spec.thinking,
+        reasoning_effort=spec.reasoning_effort,
+        rule=decision.rule if rule is None else rule,
+        reason=reason,
+    )

@@ -1,0 +1,1 @@
+"""The simulated DeepSeek: wire formats in, answers out. Never imports the proxy."""

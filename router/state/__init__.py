@@ -1,0 +1,1 @@
+"""Shared state: the response cache and near cache, the Redis store, ledgers, rate limits."""

@@ -1,0 +1,187 @@
+"""Live routing state at the edges: who is calling, what they and everyone have spent, the recent
+strong-tier share, learned latency and conversation tiers. The ledger and share window, in
+process or in Redis (shared by every flashpro process), are router/state/ledger.py and share.py."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.errors import InvalidRequest
+from router.routing.callers import Caller, bearer_digest, key_digest
+from router.routing.constrain import RoutingState, Spent
+from router.routing.cost import Usage
+from router.routing.decision import Decision
+from router.routing.latency import LatencyLearner
+from router.routing.limits import BudgetLimit
+from router.routing.policy import Policy
+from router.schemas import ChatRequest
+from router.state import store
+from router.state.ledger import Ledger, MemoryLedger, RedisLedger
+from router.state.share import MemoryShareWindow, RedisShareWindow, ShareWindow
+
+LATENCY_HEADER = "x-flashpro-max-latency-ms"
+log = logging.getLogger("flashpro.controls")
+
+
+def group_of(policy: Policy, key: str | None, environ: Mapping[str, str]) -> str | None:
+    if key is None:
+        return None
+    if key in policy.keys:
+        return policy.keys[key]
+    for env_name, group in policy.key_env.items():
+        secret = environ.get(env_name)
+        if secret and key_digest(secret) == key:
+            return group
+    return None
+
+
+def conversation_of(request: ChatRequest, key: str | None) -> str | None:
+    """A multi-turn conversation's id: a hash of the caller and its opening messages (the prefix
+    DeepSeek caches). Single-turn requests have none."""
+    if not any(m.role == "assistant" for m in request.messages):
+        return None
+    opening = [m.model_dump_json(include={"role", "content"}) for m in request.messages[:2]]
+    return hashlib.sha256("\0".join([key or "", *opening]).encode()).hexdigest()[:32]
+
+
+def caller_of(
+    policy: Policy, request: ChatRequest, headers: Mapping[str, str], environ: Mapping[str, str]
+) -> Caller:
+    key = bearer_digest(headers.get("authorization"))
+    raw = headers.get(LATENCY_HEADER)
+    latency: float | None = None
+    if raw is not None:
+        try:
+            latency = float(raw)
+        except ValueError:
+            latency = -1.0
+        if not latency > 0:
+            raise InvalidRequest(f"{LATENCY_HEADER} must be a positive number of milliseconds.")
+    return Caller(
+        key=key,
+        group=group_of(policy, key, environ),
+        conversation=conversation_of(request, key),
+        max_latency_ms=latency,
+        max_tokens=request.output_limit(),
+    )
+
+
+def budget_scopes(policy: Policy, caller: Caller) -> list[tuple[str, BudgetLimit]]:
+    """(ledger scope, limit) for every budget that applies to the caller."""
+    scopes: list[tuple[str, BudgetLimit]] = []
+    budgets = policy.budgets
+    if budgets is not None and budgets.total is not None:
+        scopes.append(("total", budgets.total))
+    if budgets is not None and budgets.per_key is not None and caller.key is not None:
+        scopes.append((f"key:{caller.key}", budgets.per_key))
+    group = policy.groups.get(caller.group or "")
+    if group is not None and group.budget is not None:
+        scopes.append((f"group:{caller.group}", group.budget))
+    return scopes
+
+
+class AffinityMemory:
+    """Conversation id -> the tier that served it last (LRU, this process)."""
+
+    def __init__(self) -> None:
+        self._tiers: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, conversation: str) -> str | None:
+        return self._tiers.get(conversation)
+
+    def put(self, conversation: str, tier: str, capacity: int) -> None:
+        self._tiers[conversation] = tier
+        self._tiers.move_to_end(conversation)
+        while len(self._tiers) > capacity:
+            self._tiers.popitem(last=False)
+
+
+@dataclass
+class Controls:
+    """The live-limit machinery a request goes through: state before deciding, records after."""
+
+    ledger: Ledger = field(default_factory=MemoryLedger)
+    shares: ShareWindow = field(default_factory=MemoryShareWindow)
+    latency: LatencyLearner = field(default_factory=LatencyLearner)
+    affinity: AffinityMemory = field(default_factory=AffinityMemory)
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return time.time()
+
+    async def state_for(self, policy: Policy, caller: Caller) -> RoutingState:
+        now = self.now()
+        scopes = budget_scopes(policy, caller)
+        spent: tuple[Spent, ...] = ()
+        if scopes:
+            amounts = await self.ledger.spent([scope for scope, _ in scopes], now)
+            spent = tuple(
+                Spent(scope, limit, day, month)
+                for (scope, limit), (day, month) in zip(scopes, amounts, strict=True)
+            )
+        share = None
+        if policy.share_cap is not None:
+            share = await self.shares.share(policy.share_cap.window_s, now)
+        affinity = None
+        if policy.affinity is not None and policy.affinity.enabled and caller.conversation:
+            affinity = self.affinity.get(caller.conversation)
+        return RoutingState(
+            spent=spent,
+            max_latency_ms=caller.max_latency_ms,
+            max_tokens=caller.max_tokens,
+            profiles=self.latency.profiles() if policy.learn_latency else {},
+            strong_share=share,
+            group=caller.group,
+            affinity_tier=affinity,
+        )
+
+    async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
+        """Count a routed request toward the share window and remember its conversation."""
+        cap = policy.share_cap
+        if cap is not None and decision.alias is not None and cap.tier in policy.tiers:
+            strong = policy.rank(decision.tier) >= policy.rank(cap.tier)
+            await self.shares.add(strong, cap.window_s, self.now())
+        if policy.affinity is not None and caller.conversation:
+            self.affinity.put(caller.conversation, decision.tier, policy.affinity.max_conversations)
+
+    async def answered(
+        self,
+        policy: Policy,
+        caller: Caller,
+        decision: Decision,
+        usage: Usage,
+        cost_usd: float,
+        total_ms: float | None,
+        ttft_ms: float | None = None,
+    ) -> None:
+        """Record what an answer cost, and how fast its tier was (`total_ms` None: an answer
+        cut short, which says nothing about its tier's speed)."""
+        scopes = [scope for scope, _ in budget_scopes(policy, caller)]
+        if scopes and cost_usd > 0:
+            await self.ledger.add(scopes, cost_usd, self.now())
+        tier = policy.tiers.get(decision.tier)
+        if policy.learn_latency and tier is not None and total_ms is not None:
+            self.latency.observe(
+                decision.tier,
+                tier,
+                policy.latency_ema_alpha,
+                total_ms=total_ms,
+                tokens=usage.completion_tokens,
+                ttft_ms=ttft_ms,
+            )
+
+    async def aclose(self) -> None:
+        await self.ledger.aclose()
+
+
+def open_controls(redis_url: str | None, environ: Mapping[str, str]) -> Controls:
+    """Redis-backed ledger and share window when a URL is configured, else in-process ones."""
+    if not redis_url:
+        return Controls(environ=environ)
+    client = store.connect(redis_url)
+    return Controls(ledger=RedisLedger(client), shares=RedisShareWindow(client), environ=environ)

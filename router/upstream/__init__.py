@@ -1,0 +1,1 @@
+"""The upstream: the Upstream interface, transports, connections, resilience, assembly."""
