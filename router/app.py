@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
 from router.http.api import api, json_response, request_id_of
 from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
+from router.http.messages import PATHS as MESSAGES_PATHS
+from router.http.messages import MessagesEndpoint
 from router.http.monitor import monitor
 from router.http.reload import hot_reload
 from router.observe.logs import configure_access_log
@@ -46,6 +48,7 @@ def build_deps(settings: Settings) -> Deps:
         upstream=open_upstream(settings.transport, secrets),
         memory=ReasoningMemory(),
         api_base=settings.deepseek_api_base,
+        anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
         controls=open_controls(settings.redis_url, os.environ),
         rates=open_rate_limiter(settings.redis_url),
@@ -54,14 +57,18 @@ def build_deps(settings: Settings) -> Deps:
 
 
 class FlashproApp(FastAPI):
-    """FastAPI for every endpoint but the hot one: chat completions go straight to their bare
-    ASGI handler (router/http/chat.py), past the framework's routing and response layers."""
+    """FastAPI for every endpoint but the hot ones: chat completions and Anthropic messages go
+    straight to their bare ASGI handlers (router/http/chat.py, router/http/messages.py), past
+    the framework's routing and response layers."""
 
     chat: ChatEndpoint
+    messages: MessagesEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self.chat(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in MESSAGES_PATHS:
+            await self.messages(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -94,6 +101,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
 
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
     app.chat = ChatEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.messages = MessagesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)

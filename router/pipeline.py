@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from router.errors import UpstreamError
+from router.formats import Assembler, WireFormat, format_of
 from router.observe.observer import Observer, record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
@@ -24,18 +25,17 @@ from router.routing.decision import Decision, RequestFacts
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
+from router.schemas_anthropic import MessagesRequest
 from router.state.cache import (
     BYPASS,
     CachePlan,
     CacheStatus,
     Entry,
     ResponseCache,
-    is_complete,
     plan_for,
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
-from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
@@ -52,6 +52,7 @@ class Deps:
     upstream: Upstream
     memory: ReasoningMemory
     api_base: str | None  # default upstream base URL for tiers that give none
+    anthropic_api_base: str | None = None  # likewise for Anthropic-format (/v1/messages) calls
     cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
     controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
@@ -111,27 +112,50 @@ def route(
     routing: Routing | None = None,
     caller: Caller | None = None,
     request_id: str = "",
+    *,
+    api: str = "chat",
+    anthropic: MessagesRequest | None = None,
 ) -> Routed:
     """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
     assessment = request.derived("assessment", deps.classifier.assess, deps.classifier)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     routing = routing or deps.live
     decision = decide(routing.policy, routing.thresholds, facts, assessment, state)
-    return Routed(request, assessment, decision, routing, caller or Caller(), headers, request_id)
+    caller = caller or Caller()
+    return Routed(
+        request,
+        assessment,
+        decision,
+        routing,
+        caller,
+        headers,
+        request_id,
+        api=api,
+        anthropic=anthropic,
+    )
 
 
 async def admit(
-    deps: Deps, request: ChatRequest, headers: Mapping[str, str], request_id: str = ""
+    deps: Deps,
+    request: ChatRequest,
+    headers: Mapping[str, str],
+    request_id: str = "",
+    *,
+    api: str = "chat",
+    anthropic: MessagesRequest | None = None,
 ) -> Routed:
     """Route under the live limits (budgets, share cap, latency, caller group), then count the
-    request toward the share window."""
+    request toward the share window. A front door relaying another wire format passes its
+    parsed body as well (`anthropic`), and `request` is its chat view."""
     routing = deps.live
     caller = caller_of(routing.policy, request, headers, deps.controls.environ)
     await guard(deps, routing.policy, caller, request)
     state = await deps.controls.state_for(routing.policy, caller)
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
-    routed = route(deps, request, headers, state, routing, caller, request_id)
+    routed = route(
+        deps, request, headers, state, routing, caller, request_id, api=api, anthropic=anthropic
+    )
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 
@@ -163,12 +187,26 @@ def _routing(deps: Deps, routed: Routed) -> Routing:
 def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CachePlan:
     """Which cache entries may answer the routed request, and whether to store its answer."""
     policy = _routing(deps, routed).policy
-    return plan_for(policy, routed.request, routed.decision.tier, headers)
+    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    return plan_for(policy, routed.request, routed.decision.tier, headers, digest)
 
 
 def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """The call to the routed tier, in the wire format the client spoke."""
     routing = _routing(deps, routed)
     tier = routing.policy.tiers[routed.decision.tier]
+    if routed.anthropic is not None:
+        return UpstreamCall(
+            model=tier.model,
+            messages=routed.anthropic.upstream_messages(),
+            params=routed.anthropic.upstream_fields(),
+            thinking=tier.thinking,
+            reasoning_effort=tier.reasoning_effort,
+            api_base=tier.api_base_anthropic or deps.anthropic_api_base,
+            api_key=routing.keys.get(tier.api_key_env),
+            timeout_s=tier.timeout_s,
+            wire="messages",
+        )
     messages = deps.memory.restore(routed.request.messages)
     return UpstreamCall(
         model=tier.model,
@@ -244,9 +282,7 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     deps.memory.remember(completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
-    await _store(
-        deps, _replanned(deps, routed, plan, trail), routed.decision, completion.body, cost
-    )
+    await _store(deps, _replanned(deps, routed, plan, trail), routed, completion.body, cost)
     return Answer(completion.body, routed.decision, cost, plan.status, trail=trail)
 
 
@@ -278,10 +314,11 @@ def _replanned(deps: Deps, routed: Routed, plan: CachePlan, trail: Trail) -> Cac
 
 
 async def _store(
-    deps: Deps, plan: CachePlan, decision: Decision, body: dict[str, Any], cost: float
+    deps: Deps, plan: CachePlan, routed: Routed, body: dict[str, Any], cost: float
 ) -> None:
     """Keep an answer that finished normally, if the plan writes."""
-    if plan.write and is_complete(body):
+    if plan.write and format_of(routed).complete(body):
+        decision = routed.decision
         await deps.cache.store(plan, Entry(body, decision.tier, decision.model, cost))
 
 
@@ -292,7 +329,7 @@ def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
-    usage = Usage.from_wire(entry.body.get("usage"))  # what the hit saved, at baseline prices
+    usage = format_of(routed).usage(entry.body)  # what the hit saved, at baseline prices
     observe(deps, routed, cache="hit", usage=usage, decision=decision)
 
 
@@ -308,9 +345,11 @@ def observe(
     cost: float = 0.0,
     timing: tuple[float, float | None] | None = None,
     decision: Decision | None = None,
+    api: str | None = None,
 ) -> None:
-    """The one observation hook: a finished (or failed) chat request, as one record, to the
-    metrics, the access log, the dashboard and the decision log (router/observe/observer.py)."""
+    """The one observation hook: a finished (or failed) request, as one record, to the metrics,
+    the access log, the dashboard and the decision log (router/observe/observer.py). `api`
+    names the front door of a request that failed before it was routed."""
     policy = _routing(deps, routed).policy if routed is not None else deps.live.policy
     record = record_of(
         policy,
@@ -323,6 +362,7 @@ def observe(
         cost=cost,
         timing=timing,
         decision=decision,
+        api=api,
     )
     deps.observer.request_done(record)
 
@@ -339,7 +379,7 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
     failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        replay = _replay(format_of(routed).replay(entry.body, routed))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
@@ -373,14 +413,14 @@ async def _relay(
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Relay chunks (usage only if the client asked), assembling the answer as it goes."""
-    include_usage = routed.request.include_usage()
-    assembler = StreamAssembler()
+    """Relay chunks as the client's format has them, assembling the answer as it goes."""
+    wire = format_of(routed)
+    assembler = wire.assembler()
     try:
         chunk: Chunk | None = first
         while chunk is not None:
             assembler.add(chunk.data)
-            data = _for_client(chunk.data, include_usage)
+            data = wire.for_client(chunk.data, routed)
             if data is not None:
                 yield data
             chunk = await anext(rest, None)
@@ -391,20 +431,31 @@ async def _relay(
         if not assembler.finished:
             await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
     if assembler.finished:  # not after a client disconnect or an upstream drop
-        body = assembler.body()
-        deps.memory.remember(body)
-        usage = Usage.from_wire(body.get("usage"))
-        cost = price(deps, routed.decision, usage, routed.routing)
-        started, first_at = timing or (time.monotonic(), None)
-        await _answered(deps, routed, usage, cost, started, first_at, plan.status)
-        await _store(deps, plan, routed.decision, body, cost)
+        await _streamed(deps, routed, plan, wire, assembler.body(), timing)
+
+
+async def _streamed(
+    deps: Deps,
+    routed: Routed,
+    plan: CachePlan,
+    wire: WireFormat,
+    body: dict[str, Any],
+    timing: tuple[float, float] | None,
+) -> None:
+    """A stream that finished: charge, observe and keep its answer as a whole one would be."""
+    deps.memory.remember(body)
+    usage = wire.usage(body)
+    cost = price(deps, routed.decision, usage, routed.routing)
+    started, first_at = timing or (time.monotonic(), None)
+    await _answered(deps, routed, usage, cost, started, first_at, plan.status)
+    await _store(deps, plan, routed, body, cost)
 
 
 async def _cut(
     deps: Deps,
     routed: Routed,
     plan: CachePlan,
-    assembler: StreamAssembler,
+    assembler: Assembler,
     cause: BaseException | None,
 ) -> None:
     """A stream that ended early still counts: the client left (499) or the upstream broke
@@ -412,26 +463,16 @@ async def _cut(
     characters a token, reasoning included) are priced and charged to the budgets and rates."""
     left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
     status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
-    usage = Usage.from_wire(assembler.usage) if assembler.usage else _estimated(routed, assembler)
+    usage = assembler.reported_usage() or _estimated(routed, assembler)
     cost = price(deps, routed.decision, usage, routed.routing)
     observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
     await _charge(deps, routed, usage, cost, None)
 
 
-def _estimated(routed: Routed, assembler: StreamAssembler) -> Usage:
+def _estimated(routed: Routed, assembler: Assembler) -> Usage:
     produced, reasoning = assembler.produced_chars()
     return Usage(
         prompt_tokens=routed.assessment.prompt_tokens,
         completion_tokens=-(-produced // 4),
         reasoning_tokens=-(-reasoning // 4),
     )
-
-
-def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    if include_usage:
-        return data
-    if not data.get("choices"):
-        return None  # a usage-only chunk the client did not ask for
-    if "usage" in data:
-        return {k: v for k, v in data.items() if k != "usage"}
-    return data

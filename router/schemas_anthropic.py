@@ -237,7 +237,10 @@ def _assistant_turn(blocks: list[Block]) -> Message:
         if block.type == "tool_use"
     ]
     return Message(
-        role="assistant", content=text, tool_calls=calls or None, reasoning_content=reasoning or None
+        role="assistant",
+        content=text,
+        tool_calls=calls or None,
+        reasoning_content=reasoning or None,
     )
 
 

@@ -49,7 +49,8 @@ def test_a_recorded_agent_session_is_routed_over_several_tiers(
             assert events[0].type == "message_start" and events[-1].type == "message_stop"
         else:
             message = raw.parse()
-            assert message.stop_reason in ("end_turn", "tool_use") and message.content
+            assert message.stop_reason in ("end_turn", "tool_use", "max_tokens")
+            assert message.content
         tiers.append((request["model"], raw.headers["x-flashpro-tier"]))
     assert len({tier for _, tier in tiers}) >= 2, tiers
     background = [tier for model, tier in tiers if "haiku" in model]

@@ -46,7 +46,12 @@ def loop() -> list[dict[str, Any]]:
             "role": "assistant",
             "content": [
                 {"type": "text", "text": "Reading the log."},
-                {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "build.log"}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "read",
+                    "input": {"path": "build.log"},
+                },
             ],
         },
         {
@@ -60,17 +65,28 @@ def loop() -> list[dict[str, Any]]:
 
 
 def test_the_chat_view_keeps_the_conversation_the_classifier_reads() -> None:
-    view = chat_view(request(system=[{"type": "text", "text": "You are terse."}], messages=loop(), tools=[TOOL]))
+    view = chat_view(
+        request(system=[{"type": "text", "text": "You are terse."}], messages=loop(), tools=[TOOL])
+    )
     assert [m.role for m in view.messages] == ["system", "user", "assistant", "tool", "user"]
     assert view.messages[0].text() == "You are terse."
     assistant = view.messages[2]
     assert assistant.text() == "Reading the log."
     assert assistant.tool_calls is not None
     assert orjson.loads(assistant.tool_calls[0].function.arguments) == {"path": "build.log"}
-    assert view.messages[3].tool_call_id == "toolu_1" and view.messages[3].text() == "error: missing ;"
+    assert (
+        view.messages[3].tool_call_id == "toolu_1" and view.messages[3].text() == "error: missing ;"
+    )
     assert view.messages[-1].text() == "Be brief."  # the latest human turn is the last user turn
     assert view.tools == [
-        {"type": "function", "function": {"name": "read", "description": "Read a file", "parameters": {"type": "object"}}}
+        {
+            "type": "function",
+            "function": {
+                "name": "read",
+                "description": "Read a file",
+                "parameters": {"type": "object"},
+            },
+        }
     ]
     assert view.max_tokens == 100 and view.model == "claude-sonnet-4-5"
 
@@ -103,11 +119,30 @@ def test_only_what_deepseek_reads_is_relayed() -> None:
     ("fields", "where"),
     [
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "image"),
-        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "document"),
-        ({"messages": [{"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"}]}]}, "redacted_thinking"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            "document",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"}]}
+                ]
+            },
+            "redacted_thinking",
+        ),
         ({"messages": [{"role": "system", "content": "hi"}]}, "role"),
-        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools"),
-        ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "tool"}}, "tool_choice"),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "bash_20250124", "name": "bash"}],
+            },
+            "tools",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "tool"}},
+            "tool_choice",
+        ),
         ({"messages": []}, "messages"),
     ],
 )
@@ -118,15 +153,21 @@ def test_what_deepseek_refuses_is_refused_at_parse(fields: dict[str, Any], where
 
 def test_max_tokens_is_required_except_for_counting() -> None:
     with pytest.raises(ValidationError, match="max_tokens"):
-        MessagesRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}]})
-    counted = CountTokensRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x" * 400}]})
+        MessagesRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        )
+    counted = CountTokensRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+    )
     assert 100 <= estimate_input_tokens(counted) <= 110
 
 
 def test_the_cache_digest_is_canonical_and_per_format() -> None:
     one = request(messages=[{"role": "user", "content": "hi"}], temperature=0)
     same = MessagesRequest.model_validate(
-        orjson.loads(b'{"temperature":0,"messages":[{"content":"hi","role":"user"}],"max_tokens":100,"model":"claude-opus-4","stream":true}')
+        orjson.loads(
+            b'{"temperature":0,"messages":[{"content":"hi","role":"user"}],"max_tokens":100,"model":"claude-opus-4","stream":true}'
+        )
     )
     other = request(messages=[{"role": "user", "content": "hi"}], temperature=0, max_tokens=101)
     assert one.digest() == same.digest() != other.digest()
@@ -134,13 +175,22 @@ def test_the_cache_digest_is_canonical_and_per_format() -> None:
 
 def test_a_thinking_tier_gives_tool_turns_without_thinking_an_empty_block() -> None:
     parsed = request(messages=loop())
-    body = messages_body("deepseek/deepseek-v4-pro", parsed.upstream_messages(), parsed.upstream_fields(), "enabled", "max", stream=True)
+    body = messages_body(
+        "deepseek/deepseek-v4-pro",
+        parsed.upstream_messages(),
+        parsed.upstream_fields(),
+        "enabled",
+        "max",
+        stream=True,
+    )
     assert body["model"] == "deepseek-v4-pro"
     assert body["thinking"] == {"type": "enabled"} and body["output_config"] == {"effort": "max"}
     assert body["stream"] is True
     assert body["messages"][1]["content"][0] == EMPTY_THINKING
     assert body["messages"][0] == {"role": "user", "content": "Why does the build fail?"}
-    flash = messages_body("deepseek-flash", parsed.upstream_messages(), {}, "disabled", None, stream=False)
+    flash = messages_body(
+        "deepseek-flash", parsed.upstream_messages(), {}, "disabled", None, stream=False
+    )
     assert flash["thinking"] == {"type": "disabled"} and "output_config" not in flash
     assert flash["messages"][1]["content"][0]["type"] == "text"  # untouched with thinking off
 
@@ -151,9 +201,18 @@ ANSWER: dict[str, Any] = {
     "role": "assistant",
     "model": "deepseek-v4-pro",
     "content": [
-        {"type": "thinking", "thinking": "The log says a semicolon is missing.", "signature": "c2ln"},
+        {
+            "type": "thinking",
+            "thinking": "The log says a semicolon is missing.",
+            "signature": "c2ln",
+        },
         {"type": "text", "text": "Add the missing semicolon."},
-        {"type": "tool_use", "id": "toolu_2", "name": "read", "input": {"path": "main.c", "line": 3}},
+        {
+            "type": "tool_use",
+            "id": "toolu_2",
+            "name": "read",
+            "input": {"path": "main.c", "line": 3},
+        },
     ],
     "stop_reason": "tool_use",
     "stop_sequence": None,
@@ -198,6 +257,9 @@ def test_anthropic_usage_counts_cache_reads_as_prompt_hits() -> None:
         ("claude-3-5-haiku-20241022", "auto-economy", None),
         ("claude-haiku-4-5", "auto-economy", None),
         ("claude-sonnet-4-5-20250929", "auto", None),
+        ("claude-opus-5-5", "auto-quality", None),
+        ("claude-haiku-5-5", "auto-economy", None),
+        ("claude-sonnet-5-5", "auto", None),
         ("auto", "auto", None),
         ("deepseek-v4-pro", None, "pro"),
         ("flash", None, "flash"),
@@ -218,10 +280,30 @@ def test_the_simulator_maps_and_refuses_names_as_deepseek_does() -> None:
         upstream_model("gpt-4o", known)
     with pytest.raises(SimError, match="not supported"):
         parse_messages_request(
-            {"model": "deepseek-flash", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+            {
+                "model": "deepseek-flash",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "image"}]}],
+            },
             known,
         )
     call = parse_messages_request(
-        {"model": "deepseek-flash", "max_tokens": 5, "messages": loop(), "thinking": {"type": "enabled"}}, known
+        {
+            "model": "deepseek-flash",
+            "max_tokens": 5,
+            "messages": loop(),
+            "thinking": {"type": "enabled"},
+        },
+        known,
     )
     assert call.thinking_blocks_missing
+
+
+def test_streamed_tool_input_that_is_not_json_is_never_kept() -> None:
+    assembler = MessageAssembler()
+    for event in events_of(ANSWER):
+        if event.get("delta", {}).get("type") == "input_json_delta":
+            event = {**event, "delta": {"type": "input_json_delta", "partial_json": '{"path": '}}
+        assembler.add(event)
+    body = assembler.body()
+    assert assembler.finished and body["stop_reason"] is None and not is_complete(body)

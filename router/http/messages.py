@@ -32,7 +32,8 @@ from router.http.chat import (
     send_json,
     send_stream,
 )
-from router.pipeline import Deps, Routed, admit, cache_plan, complete, observe, open_stream, preview
+from router.pipeline import Deps, admit, cache_plan, complete, observe, open_stream, preview
+from router.routing.routed import Routed
 from router.schemas_anthropic import (
     CountTokensRequest,
     MessagesRequest,
@@ -129,7 +130,9 @@ class MessagesEndpoint:
                 raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
             body = await read_body(receive, headers, self.max_body_bytes)
             if counting:
-                await self._count(deps, send, parse_messages(body, CountTokensRequest), headers, rid)
+                await self._count(
+                    deps, send, parse_messages(body, CountTokensRequest), headers, rid
+                )
                 return
             request = parse_messages(body, MessagesRequest)
             routed = await admit(deps, chat_view(request), headers, rid, api=API, anthropic=request)
@@ -144,10 +147,19 @@ class MessagesEndpoint:
             await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
         except ClientGone:
             if not counting:
-                observe(deps, routed, request_id=rid, status=499, error="client_disconnected", api=API)
+                observe(
+                    deps, routed, request_id=rid, status=499, error="client_disconnected", api=API
+                )
         except FlashproError as exc:
             if not counting:
-                observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error", api=API)
+                observe(
+                    deps,
+                    routed,
+                    request_id=rid,
+                    status=exc.status,
+                    error=exc.code or "error",
+                    api=API,
+                )
             if exc.status >= 500:
                 log.warning("request %s failed: %s", rid, exc.message)
             out = {**exc.headers, "request-id": rid, "x-flashpro-request-id": rid}

@@ -34,7 +34,11 @@ MESSAGES_PATHS: Final = frozenset({"/anthropic/v1/messages", "/anthropic/message
 # server tool blocks...) are refused.
 _BLOCKS: Final = frozenset({"text", "thinking", "tool_use", "tool_result"})
 _MAX_OUTPUT_TOKENS: Final = 393_216
-_STOPS: Final[Mapping[str, str]] = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+_STOPS: Final[Mapping[str, str]] = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+}
 _KINDS: Final[Mapping[int, str]] = {
     401: "authentication_error",
     403: "permission_error",
@@ -99,7 +103,9 @@ def parse_messages_request(body: object, known: Sequence[str]) -> MessagesCall:
             raise SimError(400, "messages: role must be 'user' or 'assistant'")
         blocks = _blocks(raw.get("content"), "messages.content")
         kinds = {block["type"] for block in blocks}
-        missing = missing or (role == "assistant" and "tool_use" in kinds and "thinking" not in kinds)
+        missing = missing or (
+            role == "assistant" and "tool_use" in kinds and "thinking" not in kinds
+        )
         messages.extend(_turn(role, blocks))
     tools = _tools(body.get("tools"))
     thinking = _thinking(body.get("thinking"))
@@ -147,18 +153,26 @@ def _text(blocks: Sequence[Mapping[str, Any]]) -> str:
             parts.append(str(block.get("text", "")))
         elif block["type"] == "tool_result":
             inner = block.get("content")
-            parts.append(inner if isinstance(inner, str) else _text(_blocks(inner or [], "tool_result")))
+            parts.append(
+                inner if isinstance(inner, str) else _text(_blocks(inner or [], "tool_result"))
+            )
     return "\n".join(parts)
 
 
 def _message(role: str, call_id: str, blocks: Sequence[Mapping[str, Any]]) -> ChatMessage:
     calls = tuple(
-        ToolCall(str(b.get("id", "")), str(b.get("name", "")), orjson.dumps(b.get("input") or {}).decode())
+        ToolCall(
+            str(b.get("id", "")),
+            str(b.get("name", "")),
+            orjson.dumps(b.get("input") or {}).decode(),
+        )
         for b in blocks
         if b["type"] == "tool_use"
     )
     thoughts = [str(b.get("thinking", "")) for b in blocks if b["type"] == "thinking"]
-    return ChatMessage(role, _text(blocks), calls, "".join(thoughts) if thoughts else None, call_id or None)
+    return ChatMessage(
+        role, _text(blocks), calls, "".join(thoughts) if thoughts else None, call_id or None
+    )
 
 
 def _turn(role: str, blocks: list[dict[str, Any]]) -> list[ChatMessage]:
@@ -237,7 +251,9 @@ def content_blocks(choice: Choice) -> list[dict[str, Any]]:
         blocks.append({"type": "text", "text": choice.content})
     if (call := choice.tool_call) is not None:
         arguments = orjson.loads(call.arguments)
-        blocks.append({"type": "tool_use", "id": _tool_id(call), "name": call.name, "input": arguments})
+        blocks.append(
+            {"type": "tool_use", "id": _tool_id(call), "name": call.name, "input": arguments}
+        )
     return blocks
 
 
@@ -246,7 +262,12 @@ def _tool_id(call: ToolCall) -> str:
 
 
 def _head(model: str) -> dict[str, Any]:
-    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model}
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+    }
 
 
 def message_json(model: str, choice: Choice, usage: Mapping[str, int]) -> bytes:
@@ -299,7 +320,10 @@ def _block_events(index: int, block: Mapping[str, Any], size: int) -> Iterator[t
     for i in range(0, len(text), size):
         part = text[i : i + size]
         delta = {"type": delta_type, field: part}
-        yield _event({"type": "content_block_delta", "index": index, "delta": delta}), count_tokens(part)
+        yield (
+            _event({"type": "content_block_delta", "index": index, "delta": delta}),
+            count_tokens(part),
+        )
     if kind == "thinking":
         signature = {"type": "signature_delta", "signature": block["signature"]}
         yield _event({"type": "content_block_delta", "index": index, "delta": signature}), 0

@@ -142,9 +142,15 @@ def repeatable(request: ChatRequest, rules: CachePolicy) -> bool:
 
 
 def plan_for(
-    policy: Policy, request: ChatRequest, tier: str, headers: Mapping[str, str]
+    policy: Policy,
+    request: ChatRequest,
+    tier: str,
+    headers: Mapping[str, str],
+    digest: bytes | None = None,
 ) -> CachePlan:
-    """The cache plan for a request routed to `tier`; `headers` have lower-case names."""
+    """The cache plan for a request routed to `tier`; `headers` have lower-case names. `digest`
+    is the request's own in another wire format (the Messages door's): keys are canonical per
+    format, so an answer in one format never serves a request in another."""
     rules = policy.cache
     if not rules.enabled or not repeatable(request, rules):
         return BYPASS
@@ -156,8 +162,8 @@ def plan_for(
     def keys_of(request: ChatRequest) -> tuple[str, ...]:
         names = list(policy.tiers)
         servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
-        digest = request_digest(request)
-        return tuple(cache_key(namespace, digest, name, policy.tiers[name]) for name in servers)
+        canonical = digest or request_digest(request)
+        return tuple(cache_key(namespace, canonical, name, policy.tiers[name]) for name in servers)
 
     keys = request.derived(f"cache-keys:{tier}:{namespace}", keys_of, policy)
     return CachePlan(

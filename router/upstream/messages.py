@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from router.routing.cost import Usage
 from router.errors import UpstreamError
+from router.routing.cost import Usage
 
 MESSAGES_PATH = "/v1/messages"
 DEFAULT_ANTHROPIC_API_BASE = "https://api.deepseek.com/anthropic"
@@ -165,20 +165,22 @@ class MessageAssembler:
         return thinking + text + arguments, thinking
 
     def body(self) -> dict[str, Any]:
+        """The assembled message; one whose tool input is not JSON has no stop reason (the
+        client got the events as sent, but such an answer is not kept)."""
         content = []
+        whole = True
         for index in sorted(self._blocks):
             block = dict(self._blocks[index])
             if block.get("type") == "tool_use" and index in self._json:
-                block["input"] = _arguments("".join(self._json[index]))
+                try:
+                    block["input"] = orjson.loads("".join(self._json[index]) or "{}")
+                except orjson.JSONDecodeError:
+                    whole = False
             content.append(block)
-        return {**self._message, "content": content, "usage": dict(self._usage)}
-
-
-def _arguments(text: str) -> Any:
-    try:
-        return orjson.loads(text) if text else {}
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream streamed tool input that is not JSON.") from None
+        body = {**self._message, "content": content, "usage": dict(self._usage)}
+        if not whole:
+            body["stop_reason"] = None
+        return body
 
 
 def events_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
