@@ -20,6 +20,7 @@ from router.http.messages import PATHS as MESSAGES_PATHS
 from router.http.messages import MessagesEndpoint
 from router.http.monitor import monitor
 from router.http.reload import hot_reload
+from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
 from router.pipeline import Deps
@@ -30,6 +31,7 @@ from router.settings import Settings
 from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
+from router.state.responses import open_response_store
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
@@ -53,22 +55,30 @@ def build_deps(settings: Settings) -> Deps:
         controls=open_controls(settings.redis_url, os.environ),
         rates=open_rate_limiter(settings.redis_url),
         observer=Observer.for_policy(policy),
+        responses=open_response_store(
+            settings.redis_url,
+            settings.responses_ttl_seconds,
+            settings.responses_max_entry_bytes,
+        ),
     )
 
 
 class FlashproApp(FastAPI):
-    """FastAPI for every endpoint but the hot ones: chat completions and Anthropic messages go
-    straight to their bare ASGI handlers (router/http/chat.py, router/http/messages.py), past
-    the framework's routing and response layers."""
+    """FastAPI for every endpoint but the proxied ones: chat completions, Anthropic messages and
+    responses go straight to their bare ASGI handlers (router/http/chat.py, messages.py,
+    responses.py), past the framework's routing and response layers."""
 
     chat: ChatEndpoint
     messages: MessagesEndpoint
+    responses: ResponsesEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self.chat(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] in MESSAGES_PATHS:
             await self.messages(scope, receive, send)
+        elif scope["type"] == "http" and is_responses_path(scope["path"]):
+            await self.responses(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -95,6 +105,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         await app.state.deps.cache.aclose()
         await live.controls.aclose()
         await live.rates.aclose()
+        await live.responses.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()
@@ -102,6 +113,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
     app.chat = ChatEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.messages = MessagesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.responses = ResponsesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from router.errors import UpstreamError
 from router.formats import Assembler, WireFormat, format_of
-from router.observe.observer import Observer, record_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
@@ -36,6 +37,7 @@ from router.state.cache import (
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.state.responses import ResponseStore
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
@@ -58,6 +60,7 @@ class Deps:
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:

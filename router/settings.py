@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     policy_poll_seconds: float = Field(
         default=1.0, ge=0, description="How often the policy file is checked for edits; 0 = never."
     )
+    responses_ttl_seconds: int = Field(
+        default=30 * 86_400,
+        ge=1,
+        description="How long /v1/responses keeps a response for previous_response_id and GET.",
+    )
+    responses_max_entry_bytes: int = Field(
+        default=8 * 1_048_576,
+        ge=1024,
+        description="A stored response (its whole conversation) over this size is not kept.",
+    )
     log_level: str = "info"
     access_log: bool = Field(
         default=True, description="One JSON line per chat request on stdout (flashpro.access)."

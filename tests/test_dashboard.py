@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.observe.observer import RequestRecord
+from router.observe.record import RequestRecord
 from router.observe.rolling import Rolling, percentile
 from router.routing.decision import Decision
 from router.simulator.server import RunningSimulator

@@ -12,7 +12,7 @@ import pytest
 
 from router.cli import main
 from router.observe.decisions import DecisionLog, join, label_of
-from router.observe.observer import RequestRecord
+from router.observe.record import RequestRecord
 from router.offline.evaluate import read_rows
 from router.routing.decision import Decision
 from router.simulator.server import RunningSimulator

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from router.observe.logs import ACCESS_LOGGER, access_line, configure_access_log
-from router.observe.observer import RequestRecord, tenant_of
+from router.observe.record import RequestRecord, tenant_of
 from router.routing.cost import Usage
 from router.routing.decision import Decision
 from router.routing.policy import Observability

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.observe.logs import FLUSH_S
 from router.observe.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
-from router.observe.observer import Observer, RequestRecord
+from router.observe.observer import Observer
+from router.observe.record import RequestRecord
 from router.routing.constrain import Spent
 from router.routing.cost import Usage
 from router.routing.decision import Decision

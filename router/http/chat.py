@@ -20,17 +20,19 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from router.errors import (
     FlashproError,
     InvalidRequest,
     PayloadTooLarge,
     RouteNotFound,
-    internal_error_envelope,
+    internal_error,
 )
 from router.pipeline import (
     Answer,
@@ -48,6 +50,7 @@ from router.schemas import ChatRequest
 from router.state.cache import CacheStatus
 
 log = logging.getLogger("flashpro")
+M = TypeVar("M", bound=BaseModel)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -109,8 +112,15 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         parts.append(part)
 
 
-def parse_chat(body: bytes) -> ChatRequest:
-    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+def first_error(errors: list[ErrorDetails]) -> ErrorDetails:
+    return errors[0]
+
+
+def parse_json(
+    body: bytes, model: type[M], pick: Callable[[list[ErrorDetails]], ErrorDetails] = first_error
+) -> M:
+    """Validate a JSON body as `model`; every problem becomes a 400 naming the field (the
+    error `pick` chooses among pydantic's)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -118,11 +128,17 @@ def parse_chat(body: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = pick(exc.errors(include_url=False))
         param = ".".join(str(p) for p in error["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param) from None
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid value for '{param}': {reason}", param=param) from None
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+    return parse_json(body, ChatRequest)
 
 
 class Intake:
@@ -241,6 +257,56 @@ async def send_stream(
         watcher.cancel()
 
 
+@dataclass(slots=True)
+class Exchange:
+    """One request at an edge: its dependencies, its id, and its routing once admitted (so a
+    failure is observed with the decision it had)."""
+
+    deps: Deps
+    request_id: str
+    routed: Routed | None = None
+    api: str = "chat"  # the front door, for metrics and logs
+
+
+# How an edge renders an error: (the error, the request id) -> body. OpenAI's envelope unless
+# the edge speaks another format (router/http/messages.py).
+ErrorBody = Callable[[FlashproError, str], dict[str, Any]]
+
+
+def openai_error(error: FlashproError, request_id: str) -> dict[str, Any]:
+    return error.envelope()
+
+
+async def serve(
+    exchange: Exchange,
+    send: Send,
+    handle: Awaitable[None],
+    error_body: ErrorBody = openai_error,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Run an edge's handler; a failure becomes one observation and one error in the edge's
+    format, with `headers` added (the last-resort handler logs and answers a generic 500
+    without the cause)."""
+    deps, rid, api = exchange.deps, exchange.request_id, exchange.api
+    out = {**(headers or {}), "x-flashpro-request-id": rid}
+    try:
+        await handle
+    except ClientGone:
+        observe(
+            deps, exchange.routed, request_id=rid, status=499, error="client_disconnected", api=api
+        )
+    except FlashproError as exc:
+        error = exc.code or "error"
+        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=error, api=api)
+        if exc.status >= 500:
+            log.warning("request %s failed: %s", rid, exc.message)
+        await send_json(send, exc.status, error_body(exc, rid), {**exc.headers, **out})
+    except Exception as exc:
+        log.exception("request %s: unexpected error", rid, exc_info=exc)
+        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error", api=api)
+        await send_json(send, 500, error_body(internal_error(rid), rid), out)
+
+
 class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
@@ -251,33 +317,28 @@ class ChatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        rid = request_id_for(headers.get("x-request-id"))
-        deps = self.deps_of()
-        routed: Routed | None = None
-        try:
-            if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
-            body = await read_body(receive, headers, self.max_body_bytes)
-            chat = self.intake.parse(body)
-            routed = await admit(deps, chat, headers, rid)
-            plan = cache_plan(deps, routed, headers)
-            if chat.stream:
-                opened = await open_stream(deps, routed, plan)
-                await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
-                return
-            answer = await complete(deps, routed, plan)
-            out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
-            await send_json(send, 200, answer.body, out)
-        except ClientGone:
-            observe(deps, routed, request_id=rid, status=499, error="client_disconnected")
-        except FlashproError as exc:
-            observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error")
-            if exc.status >= 500:
-                log.warning("request %s failed: %s", rid, exc.message)
-            out = {**exc.headers, "x-flashpro-request-id": rid}
-            await send_json(send, exc.status, exc.envelope(), out)
-        except Exception as exc:
-            log.exception("request %s: unexpected error", rid, exc_info=exc)
-            observe(deps, routed, request_id=rid, status=500, error="internal_error")
-            out = {"x-flashpro-request-id": rid}
-            await send_json(send, 500, internal_error_envelope(rid), out)
+        exchange = Exchange(self.deps_of(), request_id_for(headers.get("x-request-id")))
+        await serve(exchange, send, self._answer(exchange, scope, headers, receive, send))
+
+    async def _answer(
+        self,
+        exchange: Exchange,
+        scope: Scope,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        deps, rid = exchange.deps, exchange.request_id
+        if scope["method"] != "POST":
+            raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
+        body = await read_body(receive, headers, self.max_body_bytes)
+        chat = self.intake.parse(body)
+        routed = exchange.routed = await admit(deps, chat, headers, rid)
+        plan = cache_plan(deps, routed, headers)
+        if chat.stream:
+            opened = await open_stream(deps, routed, plan)
+            await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
+            return
+        answer = await complete(deps, routed, plan)
+        out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+        await send_json(send, 200, answer.body, out)

@@ -5,35 +5,35 @@ A thin adapter: the body is parsed into `MessagesRequest`, the pipeline routes i
 (classifier, policy, limits, budgets) and relays the Anthropic body itself to the tier's
 Anthropic base URL; answers and stream events go back as DeepSeek sent them. Clients may send
 their flashpro key as `x-api-key` (the Anthropic SDKs, Claude Code) or as a bearer token. Errors
-use Anthropic's envelope, `{"type": "error", "error": {"type", "message"}}`.
+use Anthropic's envelope, `{"type": "error", "error": {"type", "message"}}`, rendered by the
+edges' one `serve`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from router.errors import FlashproError, InvalidRequest, RouteNotFound
+from router.errors import FlashproError, RouteNotFound
 from router.http.chat import (
-    ClientGone,
+    Exchange,
     Receive,
     Scope,
     Send,
     answer_headers,
     decision_headers,
     headers_of,
+    parse_json,
     read_body,
     request_id_for,
     send_json,
     send_stream,
+    serve,
 )
-from router.pipeline import Deps, admit, cache_plan, complete, observe, open_stream, preview
-from router.routing.routed import Routed
+from router.pipeline import Deps, admit, cache_plan, complete, open_stream, preview
 from router.schemas_anthropic import (
     CountTokensRequest,
     MessagesRequest,
@@ -41,14 +41,10 @@ from router.schemas_anthropic import (
     estimate_input_tokens,
 )
 
-log = logging.getLogger("flashpro")
-
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 PATHS = frozenset({MESSAGES_PATH, COUNT_TOKENS_PATH})
 API = "messages"  # the `api` label of metrics and logs
-
-M = TypeVar("M", bound=MessagesRequest)
 
 # Anthropic's error types by HTTP status (docs.anthropic.com/en/api/errors)
 _ERROR_TYPES = {
@@ -63,9 +59,12 @@ _ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
+def anthropic_error(error: FlashproError, request_id: str) -> dict[str, Any]:
+    """Anthropic's error envelope for one of flashpro's errors."""
+    status = error.status
     kind = _ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+    body = {"type": kind, "message": error.message}
+    return {"type": "error", "error": body, "request_id": request_id}
 
 
 def with_bearer(headers: dict[str, str]) -> dict[str, str]:
@@ -77,25 +76,9 @@ def with_bearer(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def parse_messages(body: bytes, model: type[M]) -> M:
-    """Validate a Messages body; every problem becomes a 400 naming the field."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = _most_telling(exc.errors(include_url=False))
-        param = ".".join(str(p) for p in error["loc"]) or None
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        raise InvalidRequest(f"{param}: {reason}", param=param) from None
-
-
-def _most_telling(errors: list[ErrorDetails]) -> ErrorDetails:
-    """A union field fails once per branch; the branch a validator refused says the most."""
+def most_telling(errors: list[ErrorDetails]) -> ErrorDetails:
+    """A union field (content: text or blocks) fails once per branch; the branch a validator
+    refused (an image block, a server tool) says the most, else the deepest."""
     refused = [e for e in errors if e["type"] == "value_error"]
     return refused[0] if refused else max(errors, key=lambda e: len(e["loc"]))
 
@@ -105,11 +88,11 @@ async def sse(events: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIt
     becomes an `error` event, and the stream ends."""
     try:
         async for data in events:
-            yield b"event: " + str(data.get("type")).encode() + b"\ndata: " + orjson.dumps(data)
-            yield b"\n\n"
+            name = str(data.get("type")).encode()
+            yield b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
     except FlashproError as exc:
-        error = error_body(exc.status, exc.message, request_id)
-        yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+        error = orjson.dumps(anthropic_error(exc, request_id))
+        yield b"event: error\ndata: " + error + b"\n\n"
 
 
 class MessagesEndpoint:
@@ -122,66 +105,45 @@ class MessagesEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = with_bearer(headers_of(scope))
         rid = request_id_for(headers.get("x-request-id"))
-        deps = self.deps_of()
-        routed: Routed | None = None
-        counting = scope["path"] == COUNT_TOKENS_PATH
-        try:
-            if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
-            body = await read_body(receive, headers, self.max_body_bytes)
-            if counting:
-                await self._count(
-                    deps, send, parse_messages(body, CountTokensRequest), headers, rid
-                )
-                return
-            request = parse_messages(body, MessagesRequest)
-            routed = await admit(deps, chat_view(request), headers, rid, api=API, anthropic=request)
-            plan = cache_plan(deps, routed, headers)
-            if request.stream:
-                opened = await open_stream(deps, routed, plan)
-                out = {"request-id": rid, **answer_headers(opened, rid)}
-                await send_stream(send, receive, sse(opened.chunks, rid), out)
-                return
-            answer = await complete(deps, routed, plan)
-            out = {"request-id": rid, "x-flashpro-cost-usd": f"{answer.cost_usd:.8f}"}
-            await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
-        except ClientGone:
-            if not counting:
-                observe(
-                    deps, routed, request_id=rid, status=499, error="client_disconnected", api=API
-                )
-        except FlashproError as exc:
-            if not counting:
-                observe(
-                    deps,
-                    routed,
-                    request_id=rid,
-                    status=exc.status,
-                    error=exc.code or "error",
-                    api=API,
-                )
-            if exc.status >= 500:
-                log.warning("request %s failed: %s", rid, exc.message)
-            out = {**exc.headers, "request-id": rid, "x-flashpro-request-id": rid}
-            await send_json(send, exc.status, error_body(exc.status, exc.message, rid), out)
-        except Exception as exc:
-            log.exception("request %s: unexpected error", rid, exc_info=exc)
-            if not counting:
-                observe(deps, routed, request_id=rid, status=500, error="internal_error", api=API)
-            message = f"Internal error; quote request id {rid} when reporting it."
-            out = {"request-id": rid, "x-flashpro-request-id": rid}
-            await send_json(send, 500, error_body(500, message, rid), out)
+        exchange = Exchange(self.deps_of(), rid, api=API)
+        if scope["method"] != "POST":
+            handle = _refuse()
+        elif scope["path"] == COUNT_TOKENS_PATH:
+            handle = self._count(exchange, headers, receive, send)
+        else:
+            handle = self._create(exchange, headers, receive, send)
+        await serve(exchange, send, handle, anthropic_error, {"request-id": rid})
+
+    async def _create(
+        self, exchange: Exchange, headers: Mapping[str, str], receive: Receive, send: Send
+    ) -> None:
+        deps, rid = exchange.deps, exchange.request_id
+        body = await read_body(receive, headers, self.max_body_bytes)
+        request = parse_json(body, MessagesRequest, most_telling)
+        view = chat_view(request)
+        routed = exchange.routed = await admit(deps, view, headers, rid, api=API, anthropic=request)
+        plan = cache_plan(deps, routed, headers)
+        if request.stream:
+            opened = await open_stream(deps, routed, plan)
+            out = {"request-id": rid, **answer_headers(opened, rid)}
+            await send_stream(send, receive, sse(opened.chunks, rid), out)
+            return
+        answer = await complete(deps, routed, plan)
+        out = {"request-id": rid, "x-flashpro-cost-usd": f"{answer.cost_usd:.8f}"}
+        await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
 
     async def _count(
-        self,
-        deps: Deps,
-        send: Send,
-        request: CountTokensRequest,
-        headers: dict[str, str],
-        rid: str,
+        self, exchange: Exchange, headers: Mapping[str, str], receive: Receive, send: Send
     ) -> None:
         """flashpro's own estimate (about four characters a token), for an authorised caller
         and a model the policy knows; the decision headers say where the call would go."""
-        routed = await preview(deps, chat_view(request), headers)
+        body = await read_body(receive, headers, self.max_body_bytes)
+        request = parse_json(body, CountTokensRequest, most_telling)
+        routed = await preview(exchange.deps, chat_view(request), headers)
+        rid = exchange.request_id
         out = {"request-id": rid, **decision_headers(routed.decision, rid)}
         await send_json(send, 200, {"input_tokens": estimate_input_tokens(request)}, out)
+
+
+async def _refuse() -> None:
+    raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})

@@ -30,13 +30,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from router.observe.observer import RequestRecord
-    from router.routing.policy import DecisionLogPolicy
+from router.observe.record import RequestRecord
+from router.routing.policy import DecisionLogPolicy
 
 _REQUEST_FIELDS = ("messages", "tools", "tool_choice", "response_format")
 log = logging.getLogger("flashpro.decisions")

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from router.observe.observer import RequestRecord
+from router.observe.record import RequestRecord
 
 ACCESS_LOGGER = "flashpro.access"
 
