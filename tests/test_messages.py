@@ -233,11 +233,21 @@ def test_the_cache_serves_repeats_per_format(flashpro: str, sim: RunningSimulato
     assert len(relayed(sim)) == 1
 
 
-def test_requests_are_counted_under_the_messages_api_label(flashpro: str) -> None:
+def test_each_front_door_is_counted_under_its_api_label(flashpro: str) -> None:
+    def counted(api: str) -> float:
+        metrics = httpx.get(flashpro + "/metrics").text
+        prefix = "flashpro_requests_total{"
+        lines = [line for line in metrics.split("\n") if line.startswith(prefix)]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if f'api="{api}"' in line)
+
+    before = {api: counted(api) for api in ("chat", "messages", "responses")}
     client(flashpro).messages.create(model="flash", max_tokens=100, messages=ask("ping"))
-    metrics = httpx.get(flashpro + "/metrics").text
-    lines = [line for line in metrics.split("\n") if line.startswith("flashpro_requests_total{")]
-    assert any('api="messages"' in line and 'tier="flash"' in line for line in lines)
+    httpx.post(flashpro + "/v1/chat/completions", json={"model": "flash", "messages": ask("ping")})
+    httpx.post(flashpro + "/v1/responses", json={"model": "flash", "input": "ping"})
+    httpx.post(flashpro + "/v1/messages", json={"model": "flash", "messages": ask("no max")})
+    assert counted("chat") == before["chat"] + 1
+    assert counted("responses") == before["responses"] + 1
+    assert counted("messages") == before["messages"] + 2  # the 400 counts too
 
 
 @pytest.mark.parametrize(
