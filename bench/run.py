@@ -473,6 +473,15 @@ def report(results: dict[str, Any]) -> None:
             )
     proxy = rows.get("LiteLLM proxy")
     ours = rows.get("flashpro direct transport")
+    responses = rows.get("flashpro /v1/responses")
+    if responses and ours:
+        for key in ("c8", "c64"):
+            added = responses[key]["p50_ms"] - ours[key]["p50_ms"]
+            ratio = responses[key]["requests_s"] / ours[key]["requests_s"]
+            print(
+                f"/v1/responses vs chat completions at {key[1:]} connections: {added:+.2f} ms "
+                f"p50, {ratio:.2f}x the throughput"
+            )
     if proxy and ours:
         for key in ("c8", "c64"):
             ratio = ours[key]["requests_s"] / proxy[key]["requests_s"]

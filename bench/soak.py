@@ -182,7 +182,7 @@ def rss_kib(pid: int | None) -> int | None:
     if pid is None:
         return None
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().split("\n"):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except OSError:

@@ -13,7 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
+from router.errors import (
+    FlashproError,
+    InvalidRequest,
+    MethodNotAllowed,
+    RouteNotFound,
+    internal_error_envelope,
+)
 from router.http.api import api, json_response, request_id_of
 from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.http.messages import PATHS as MESSAGES_PATHS
@@ -147,7 +153,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    error = RouteNotFound(str(exc.detail), status=exc.status_code)
+    headers = dict(exc.headers or {})  # a 405 says which methods the endpoint takes
+    if exc.status_code == 405:
+        error: FlashproError = MethodNotAllowed(str(exc.detail), headers=headers)
+    elif exc.status_code == 404:
+        error = RouteNotFound(str(exc.detail), headers=headers)
+    else:
+        error = FlashproError(str(exc.detail), status=exc.status_code, headers=headers)
     return await _flashpro_error(request, error)
 
 

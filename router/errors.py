@@ -73,6 +73,14 @@ class RateLimited(FlashproError):
     default_code = "rate_limit_exceeded"
 
 
+class BudgetExhausted(RateLimited):
+    """A `reject` budget is spent until its period resets: `Retry-After` says when, and
+    `x-should-retry: false` keeps the OpenAI SDKs from retrying a request bound to fail."""
+
+    type = "insufficient_quota"
+    default_code = "budget_exhausted"
+
+
 class UpstreamRateLimited(FlashproError):
     status = 429
     type = "rate_limit_error"
@@ -115,11 +123,19 @@ class UpstreamError(FlashproError):
 
 
 class RouteNotFound(FlashproError):
-    """No such endpoint, or the wrong method for one (the status says which)."""
+    """No such endpoint."""
 
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
+
+
+class MethodNotAllowed(FlashproError):
+    """An endpoint asked with a method it does not take (`allow` lists those it does)."""
+
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class ServiceUnavailable(FlashproError):

@@ -8,6 +8,8 @@ looks inside an answer itself.
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +44,11 @@ class Assembler(Protocol):
 class WireFormat(Protocol):
     def assembler(self) -> Assembler: ...
 
+    def fresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A stored answer as a new one: its own id (and time), as every answer from the
+        upstream has (clients key logs and deduplication on the id)."""
+        ...
+
     def replay(self, body: dict[str, Any], routed: Routed) -> list[dict[str, Any]]:
         """A whole answer as the stream events of it."""
         ...
@@ -63,6 +70,9 @@ class ChatFormat:
 
     def assembler(self) -> Assembler:
         return StreamAssembler()
+
+    def fresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
 
     def replay(self, body: dict[str, Any], routed: Routed) -> list[dict[str, Any]]:
         return chunks_of(body, routed.request.include_usage())
@@ -89,6 +99,9 @@ class MessagesFormat:
 
     def assembler(self) -> Assembler:
         return messages.MessageAssembler()
+
+    def fresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "id": f"msg_{uuid.uuid4().hex[:24]}"}
 
     def replay(self, body: dict[str, Any], routed: Routed) -> list[dict[str, Any]]:
         return messages.events_of(body)

@@ -22,7 +22,7 @@ from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
+from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
@@ -94,17 +94,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-
-
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
 
 
 def route(
@@ -328,7 +317,7 @@ async def _store(
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+    return Answer(format_of(routed).fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
@@ -382,7 +371,8 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
     failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(format_of(routed).replay(entry.body, routed))
+        wire = format_of(routed)
+        replay = _replay(wire.replay(wire.fresh(entry.body), routed))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)

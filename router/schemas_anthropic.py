@@ -4,17 +4,18 @@ DeepSeek's Anthropic API accepts, and give the pipeline its chat view of them. P
 DeepSeek's compatibility table (api-docs.deepseek.com/guides/anthropic_api) decides what happens
 to each field: supported fields are relayed; ignored ones (`top_k`, `container`, `mcp_servers`,
 `service_tier`, metadata other than `user_id`, `disable_parallel_tool_use`) are dropped here;
-refused ones (image, document and redacted-thinking blocks, server tools...) are a 400 before
-anything is called. `thinking` and `output_config` are the tier's to set, never the client's.
+refused ones (image, document and redacted-thinking blocks...) are a 400 before anything is
+called. Server tools (`web_search_*`, ...), which no tier runs, are left out and named, as agents
+declare them in every request. `thinking` and `output_config` are the tier's to set.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from router.schemas import ChatRequest, ContentPart, Message, ToolCall, ToolCallFunction
 
@@ -98,6 +99,26 @@ class Tool(BaseModel):
         return {name: value for name, value in out.items() if value is not None}
 
 
+class ServerTool(BaseModel):
+    """A tool the provider runs (`web_search_20250305`, `bash_20250124`...): none here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    name: str = ""
+
+
+def _tool_kind(tool: Any) -> str:
+    kind = tool.get("type") if isinstance(tool, dict) else getattr(tool, "type", None)
+    return "client" if kind in (None, "custom") else "server"
+
+
+AnyTool = Annotated[
+    Annotated[Tool, Tag("client")] | Annotated[ServerTool, Tag("server")],
+    Discriminator(_tool_kind),
+]
+
+
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -118,7 +139,7 @@ class MessagesRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)  # ignored by DeepSeek: dropped
-    tools: list[Tool] | None = None
+    tools: list[AnyTool] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: Metadata | None = None
     thinking: dict[str, Any] | None = None  # the tier decides; accepted, not relayed
@@ -144,13 +165,26 @@ class MessagesRequest(BaseModel):
             if value is None:
                 continue
             if name == "tools":
-                value = [tool.relayed() for tool in value]
+                value = [tool.relayed() for tool in self.client_tools()] or None
+                if value is None:
+                    continue
             elif name == "system" and not isinstance(value, str):
                 value = [block.model_dump(exclude_none=True) for block in value]
             out[name] = value
         if self.metadata is not None and self.metadata.user_id is not None:
             out["metadata"] = {"user_id": self.metadata.user_id}
+        choice = out.get("tool_choice")
+        names = {tool.name for tool in self.client_tools()}
+        if choice is not None and (not names or choice.get("name", next(iter(names))) not in names):
+            del out["tool_choice"]  # it named a tool left out, or there is none left
         return out
+
+    def client_tools(self) -> list[Tool]:
+        return [tool for tool in self.tools or () if isinstance(tool, Tool)]
+
+    def ignored_tools(self) -> list[str]:
+        """The server tools the request declared (left out: no tier runs them)."""
+        return [tool.name or tool.type for tool in self.tools or () if isinstance(tool, ServerTool)]
 
     def upstream_messages(self) -> list[dict[str, Any]]:
         return [message.model_dump(exclude_none=True) for message in self.messages]
@@ -199,7 +233,7 @@ def chat_view(request: MessagesRequest) -> ChatRequest:
                 "parameters": tool.input_schema,
             },
         }
-        for tool in request.tools or ()
+        for tool in request.client_tools()
     ]
     return ChatRequest(
         model=request.model,
@@ -254,5 +288,5 @@ def estimate_input_tokens(request: MessagesRequest) -> int:
             if block.type == "tool_use":
                 chars += len(block.name or "") + len(orjson.dumps(block.input or {}))
     if request.tools:
-        chars += len(orjson.dumps([tool.relayed() for tool in request.tools]))
+        chars += len(orjson.dumps([tool.relayed() for tool in request.client_tools()]))
     return chars // 4 + 4 * len(request.messages) + 1

@@ -98,7 +98,7 @@ def test_reasoning_effort_is_left_to_the_tier() -> None:
     "fields",
     [
         {"input": [{"type": "web_search_call", "id": "ws_1"}]},
-        {"input": "x", "tools": [{"type": "file_search"}]},
+        {"input": "x", "tools": [{"name": "untyped"}]},
         {"input": []},
         {"input": "x", "max_output_tokens": 0},
     ],
@@ -106,6 +106,36 @@ def test_reasoning_effort_is_left_to_the_tier() -> None:
 def test_unsupported_requests_are_refused_at_the_edge(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         request(**fields)
+
+
+def test_hosted_tools_are_left_out() -> None:
+    given = request(input="x", tools=[TOOL, {"type": "web_search"}, {"type": "code_interpreter"}])
+    assert given.ignored_tools() == ["web_search", "code_interpreter"]
+    chat = BRIDGE.to_chat(given)
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["get_weather"]
+    only_hosted = BRIDGE.to_chat(request(input="x", tools=[{"type": "web_search"}]))
+    assert "tools" not in only_hosted and "tool_choice" not in only_hosted
+
+
+def test_a_custom_tool_round_trips_as_a_function() -> None:
+    custom = {"type": "custom", "name": "apply_patch", "description": "Apply a patch."}
+    chat = BRIDGE.to_chat(request(input="x", tools=[custom]))
+    assert chat["tools"][0]["type"] == "function"
+    assert chat["tools"][0]["function"]["name"] == "apply_patch"
+    arguments = '{"content": "*** Begin Patch"}'
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "apply_patch", "arguments": arguments},
+    }
+    answer = chat_answer({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
+    body = BRIDGE.from_chat(request(input="x", tools=[custom]), answer, "resp_5")
+    item = body["output"][-1]
+    assert item["type"] == "custom_tool_call" and item["input"] == "*** Begin Patch"
+    result = {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done"}
+    again = BRIDGE.to_chat(request(input=[item, result], tools=[custom]))
+    assert again["messages"][0]["tool_calls"][0]["function"]["name"] == "apply_patch"
+    assert again["messages"][1] == {"role": "tool", "content": "Done", "tool_call_id": "c1"}
 
 
 def test_malformed_items_are_a_400() -> None:

@@ -90,9 +90,10 @@ def test_budget_exhausted_mid_run_rejects_with_429(upstream: RunningSimulator) -
         refused = ask(base, key="alice")
         assert refused.status_code == 429
         error = refused.json()["error"]
-        assert error["type"] == "rate_limit_error"
-        assert error["code"] == "rate_limit_exceeded"
-        assert "budget is exhausted" in error["message"]
+        assert error["type"] == "insufficient_quota"
+        assert error["code"] == "budget_exhausted"
+        assert "per-key monthly budget is spent" in error["message"]
+        assert int(refused.headers["retry-after"]) > 0
         assert ask(base, key="bob").status_code == 200  # another key has its own budget
 
 

@@ -281,17 +281,6 @@ def test_each_front_door_is_counted_under_its_api_label(flashpro: str) -> None:
             "invalid_request_error",
             "image",
         ),
-        (
-            {
-                "model": "flash",
-                "max_tokens": 10,
-                "messages": ask("hi"),
-                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
-            },
-            400,
-            "invalid_request_error",
-            "tools.0",
-        ),
     ],
 )
 def test_bad_requests_get_anthropic_errors_before_any_upstream_call(
@@ -303,6 +292,30 @@ def test_bad_requests_get_anthropic_errors_before_any_upstream_call(
     assert error["type"] == "error" and error["error"]["type"] == kind
     assert says in error["error"]["message"]
     assert relayed(sim) == []
+
+
+def test_server_tools_are_left_out_and_named(flashpro: str, sim: RunningSimulator) -> None:
+    """Agents declare provider-run tools (web search) in every request; no tier runs them."""
+    raw = client(flashpro).messages.with_raw_response.create(
+        model="flash",
+        max_tokens=300,
+        messages=ask("What's new in Lisbon?"),
+        tools=[WEATHER, {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+    )
+    assert raw.headers["x-flashpro-ignored-tools"] == "web_search"
+    assert raw.parse().stop_reason == "tool_use"
+    (sent,) = relayed(sim)
+    assert sent.body is not None and sent.body["tools"] == [WEATHER]
+    only_server = client(flashpro).messages.with_raw_response.create(
+        model="flash",
+        max_tokens=300,
+        messages=ask("Search the news"),
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+        tool_choice={"type": "any"},
+    )
+    assert only_server.parse().stop_reason == "end_turn"
+    last = relayed(sim)[-1].body
+    assert last is not None and "tools" not in last and "tool_choice" not in last
 
 
 def test_malformed_and_oversized_bodies_get_anthropic_errors(flashpro: str) -> None:

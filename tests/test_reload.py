@@ -80,6 +80,10 @@ def test_edited_policy_takes_effect_and_invalid_edit_does_not(
         assert "rules[0].then.tier: unknown tier 'turbo'" in str(status["policy_reload_error"])
         assert tier_of(base) == "flash"
 
+        path.write_text(with_rule(original, FLASH_FOR_ALL))  # back to the live policy's text
+        wait_until(lambda: readyz(base)["policy_reload_error"] is None, 10, "the error to clear")
+        assert readyz(base)["policy_version"] == edited
+
 
 async def test_sighup_reloads_without_polling(tmp_path: Path) -> None:
     original = (ROOT / "policies" / "default.yaml").read_text()

@@ -23,7 +23,7 @@ from router.simulator.server import RunningSimulator
 from router.state.responses import ResponseStore
 from router.upstream.base import LiteLLMUpstream
 from router.upstream.reasoning import ReasoningMemory
-from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for
+from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 from tests.fault_policy import CLIENT_KEY, write_policy
 
 FUNCTION_TOOL = {
@@ -299,12 +299,7 @@ BAD_BODIES: list[tuple[bytes | dict[str, Any], int, str, str | None]] = [
     ({"model": "auto", "input": []}, 400, "invalid_request", "input"),
     ({"model": "auto", "input": [{"type": "web_search_call"}]}, 400, "invalid_request", "input"),
     ({"model": "auto", "input": [{"role": "user", "content": 5}]}, 400, "invalid_request", "input"),
-    (
-        {"model": "auto", "input": "x", "tools": [{"type": "web_search"}]},
-        400,
-        "invalid_request",
-        "tools",
-    ),
+    ({"model": "auto", "input": "x", "tools": [{"name": "f"}]}, 400, "invalid_request", "tools"),
     ({"model": "auto", "input": "x", "temperature": 9}, 400, "invalid_request", "temperature"),
     ({"model": "gpt-4o", "input": "x"}, 404, "model_not_found", None),
     ({"model": "auto", "input": "x" * 300_000}, 413, "request_too_large", None),
@@ -373,3 +368,116 @@ def test_previous_responses_are_shared_through_redis(
         )
         assert again.output_text
         assert client(other).responses.retrieve(first.id).output_text == first.output_text
+
+
+def test_a_repeatable_request_is_served_from_the_cache(
+    flashpro: str, sim: RunningSimulator
+) -> None:
+    api = client(flashpro, "key-of-carol")
+    ask = {"model": "flash", "input": "Cache me: what is 2+2?", "temperature": 0}
+    first = api.responses.with_raw_response.create(**ask)
+    again = api.responses.with_raw_response.create(**ask)
+    streamed = list(api.responses.create(**ask, stream=True))
+    assert first.headers["x-flashpro-cache"] == "miss"
+    assert again.headers["x-flashpro-cache"] == "hit"
+    assert again.parse().output_text == first.parse().output_text
+    assert again.parse().id != first.parse().id  # a new response, the same answer
+    completed = streamed[-1].response
+    assert completed.output_text == first.parse().output_text and completed.usage is not None
+    assert len(chat_bodies(sim)) == 1  # one upstream call for the three
+
+
+def disconnects(base: str) -> float:
+    """Requests the metrics count as abandoned by their client."""
+    lines = httpx.get(base + "/metrics").text.split("\n")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("flashpro_requests_total{") and 'error="client_disconnected"' in line
+    )
+
+
+def test_a_client_that_leaves_a_stream_is_counted_and_the_server_keeps_serving(
+    flashpro: str,
+) -> None:
+    before = disconnects(flashpro)
+    body = {"model": "pro", "input": "A long story [[sim:slow=50]]", "stream": True}
+    with httpx.stream("POST", flashpro + "/v1/responses", json=body, timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "event: response.created"
+    wait_until(lambda: disconnects(flashpro) > before, timeout_s=5, what="the stream counted")
+    assert client(flashpro).responses.create(model="flash", input="still here?").output_text
+
+
+def test_hosted_tools_are_left_out_and_named(flashpro: str, sim: RunningSimulator) -> None:
+    # Codex declares hosted tools beside its own in every request
+    tools: list[Any] = [FUNCTION_TOOL, {"type": "web_search"}, {"type": "file_search"}]
+    raw = client(flashpro).responses.with_raw_response.create(
+        model="pro", input="Weather in Lima?", tools=tools
+    )
+    assert raw.headers["x-flashpro-ignored-tools"] == "file_search,web_search"
+    assert [item.type for item in raw.parse().output][-1] == "function_call"
+    sent = chat_bodies(sim)[-1]["tools"]
+    assert [tool["function"]["name"] for tool in sent] == ["get_weather"]
+
+
+def codex_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A request shaped as Codex sends one: every field it sets, whole history, no storage."""
+    return {
+        "model": "auto",
+        "instructions": "You are a coding agent.",
+        "input": items,
+        "tools": [
+            {**FUNCTION_TOOL, "strict": False},
+            {"type": "custom", "name": "apply_patch", "description": "Edit files."},
+            {"type": "web_search", "external_web_access": False},
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0b4c6a44-session",
+        "client_metadata": {"x-codex-turn": "1"},
+    }
+
+
+def test_a_codex_session_turn_streams_and_loops(flashpro: str, sim: RunningSimulator) -> None:
+    items: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "role": "developer",
+            "content": [{"type": "input_text", "text": "Sandbox: read-only."}],
+        },
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Weather in Kyoto?"}],
+        },
+    ]
+    with httpx.stream(
+        "POST", flashpro + "/v1/responses", json=codex_body(items), timeout=10
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["x-flashpro-ignored-tools"] == "web_search"
+        events = sse_events(response)
+    completed = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed" and completed["store"] is False
+    sent = chat_bodies(sim)[-1]
+    assert [m["role"] for m in sent["messages"]] == ["system", "system", "user"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather", "apply_patch"]
+    call = next(item for item in completed["output"] if item["type"] == "function_call")
+    items += [
+        *completed["output"],
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "clear"},
+    ]
+    with httpx.stream(
+        "POST", flashpro + "/v1/responses", json=codex_body(items), timeout=10
+    ) as response:
+        assert response.status_code == 200, response.read()
+        events = sse_events(response)
+    answer = events[-1]["response"]
+    assert answer["status"] == "completed"
+    assert [item["type"] for item in answer["output"]][-1] == "message"
+    assert [m["role"] for m in chat_bodies(sim)[-1]["messages"]][-2:] == ["assistant", "tool"]

@@ -95,6 +95,28 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
+@api.get("/")
+async def root() -> Response:
+    """What runs here, for a person who opens the address in a browser."""
+    endpoints = {
+        "chat": "/v1/chat/completions",
+        "models": "/v1/models",
+        "route": "/v1/route",
+        "dashboard": "/dashboard",
+        "stats": "/v1/stats",
+        "metrics": "/metrics",
+        "health": "/healthz",
+        "ready": "/readyz",
+    }
+    body = {
+        "service": "flashpro",
+        "about": "OpenAI-compatible routing proxy for DeepSeek V4: point an OpenAI client's "
+        "base_url at /v1 and send model='auto'.",
+        "endpoints": endpoints,
+    }
+    return json_response(body)
+
+
 @api.get("/healthz")
 async def healthz() -> Response:
     return json_response({"status": "ok"})

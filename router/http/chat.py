@@ -30,8 +30,8 @@ from pydantic_core import ErrorDetails
 from router.errors import (
     FlashproError,
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
-    RouteNotFound,
     internal_error,
 )
 from router.pipeline import (
@@ -330,7 +330,7 @@ class ChatEndpoint:
     ) -> None:
         deps, rid = exchange.deps, exchange.request_id
         if scope["method"] != "POST":
-            raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
+            raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})
         body = await read_body(receive, headers, self.max_body_bytes)
         chat = self.intake.parse(body)
         routed = exchange.routed = await admit(deps, chat, headers, rid)

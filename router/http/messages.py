@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from pydantic_core import ErrorDetails
 
-from router.errors import FlashproError, RouteNotFound
+from router.errors import FlashproError, MethodNotAllowed
 from router.http.chat import (
     Exchange,
     Receive,
@@ -76,6 +76,12 @@ def with_bearer(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+def ignored_header(request: MessagesRequest) -> dict[str, str]:
+    """`x-flashpro-ignored-tools`: the server tools the request declared, which no tier runs."""
+    ignored = request.ignored_tools()
+    return {"x-flashpro-ignored-tools": ",".join(sorted(set(ignored)))} if ignored else {}
+
+
 def most_telling(errors: list[ErrorDetails]) -> ErrorDetails:
     """A union field (content: text or blocks) fails once per branch; the branch a validator
     refused (an image block, a server tool) says the most, else the deepest."""
@@ -123,13 +129,14 @@ class MessagesEndpoint:
         view = chat_view(request)
         routed = exchange.routed = await admit(deps, view, headers, rid, api=API, anthropic=request)
         plan = cache_plan(deps, routed, headers)
+        out = {"request-id": rid, **ignored_header(request)}
         if request.stream:
             opened = await open_stream(deps, routed, plan)
-            out = {"request-id": rid, **answer_headers(opened, rid)}
+            out.update(answer_headers(opened, rid))
             await send_stream(send, receive, sse(opened.chunks, rid), out)
             return
         answer = await complete(deps, routed, plan)
-        out = {"request-id": rid, "x-flashpro-cost-usd": f"{answer.cost_usd:.8f}"}
+        out["x-flashpro-cost-usd"] = f"{answer.cost_usd:.8f}"
         await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
 
     async def _count(
@@ -146,4 +153,4 @@ class MessagesEndpoint:
 
 
 async def _refuse() -> None:
-    raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
+    raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})

@@ -13,6 +13,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from router.errors import InvalidRequest
 from router.pipeline import Deps
+from router.routing.callers import Caller
+from router.routing.constrain import Spent
+from router.state.controls import budget_scopes
 
 monitor = APIRouter()
 
@@ -27,8 +30,26 @@ async def metrics(request: Request) -> Response:
     metrics = deps.observer.metrics
     for tier in deps.live.policy.tiers:  # this process's breakers, as of the scrape
         metrics.breaker_state(tier, deps.resilience.circuit(tier).state)
+    metrics.budget_remaining(await _budgets_now(deps), every_scope=True)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
+
+
+async def _budgets_now(deps: Deps) -> list[Spent]:
+    """The live policy's total and group budgets with their spend now (keys are not labelled)."""
+    policy = deps.live.policy
+    scopes = {
+        scope: limit
+        for group in (None, *policy.groups)
+        for scope, limit in budget_scopes(policy, Caller(group=group))
+    }
+    if not scopes:
+        return []
+    amounts = await deps.controls.ledger.spent(list(scopes), deps.controls.now())
+    return [
+        Spent(scope, limit, day, month)
+        for (scope, limit), (day, month) in zip(scopes.items(), amounts, strict=True)
+    ]
 
 
 @monitor.get("/v1/stats")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from router.errors import FlashproError, InvalidRequest, RouteNotFound
+from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from router.http.chat import (
     Exchange,
     Receive,
@@ -82,6 +82,12 @@ def namespace_for(deps: Deps, headers: Mapping[str, str]) -> str:
     return namespace_of(authorization, policy.cache.tenants)
 
 
+def ignored_header(request: ResponsesRequest) -> dict[str, str]:
+    """`x-flashpro-ignored-tools`: the hosted tools the request declared, which no tier runs."""
+    ignored = request.ignored_tools()
+    return {"x-flashpro-ignored-tools": ",".join(sorted(set(ignored)))} if ignored else {}
+
+
 def event_bytes(event: Mapping[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
@@ -126,12 +132,13 @@ class ResponsesEndpoint:
             model = opened.decision.model.split("/", 1)[-1]
             events = self.bridge.events(request, opened.chunks, response_id, model)
             stream = self._sse(deps, namespace, request, history, events)
-            await send_stream(send, receive, stream, answer_headers(opened, rid))
+            extra = ignored_header(request)
+            await send_stream(send, receive, stream, {**answer_headers(opened, rid), **extra})
             return
         answer = await complete(deps, routed, plan)
         out = self.bridge.from_chat(request, answer.body, response_id)
         await self._keep(deps, namespace, request, history, out)
-        extra = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}"}
+        extra = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **ignored_header(request)}
         await send_json(send, 200, out, {**extra, **answer_headers(answer, rid)})
 
     async def _retrieve(
@@ -193,4 +200,4 @@ class ResponsesEndpoint:
 
 
 async def _refuse(allow: str) -> None:
-    raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": allow})
+    raise MethodNotAllowed("Method Not Allowed", headers={"allow": allow})

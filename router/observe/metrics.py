@@ -198,6 +198,12 @@ class _Collected:
             yield family.family(self.created)
 
 
+def rule_label(rule: str) -> str:
+    """The `rule` label: a threshold's tier without its value (`threshold:pro>=0.61` ->
+    `threshold:pro`), so a share or threshold change makes no new series."""
+    return rule.split(">=", 1)[0]
+
+
 class Metrics:
     """flashpro's metrics in their own registry (several apps may live in one test process).
 
@@ -313,8 +319,8 @@ class Metrics:
             self.requests.inc((record.api, "-", "-", "-", status, error, tenant))
             return
         tier = decision.tier
-        labels = (record.api, decision.alias or "-", tier, decision.rule, status, error, tenant)
-        self.requests.inc(labels)
+        rule = rule_label(decision.rule)
+        self.requests.inc((record.api, decision.alias or "-", tier, rule, status, error, tenant))
         by_tier = (tier,)
         if record.cost_usd > 0:  # a stream cut short is charged what it streamed
             self.spend.inc(by_tier, record.cost_usd)
@@ -355,8 +361,12 @@ class Metrics:
         """A tier's circuit breaker changed state: closed, half_open or open."""
         self.breaker.labels(tier).set(BREAKER_STATES[state])
 
-    def budget_remaining(self, spent: Sequence[Spent]) -> None:
-        """USD left per budget scope, from the spend a request was admitted under."""
+    def budget_remaining(self, spent: Sequence[Spent], every_scope: bool = False) -> None:
+        """USD left per budget scope, from the spend a request was admitted under, or at a
+        scrape (`every_scope`: the live policy's budgets, so a reload's limits show at once
+        and a budget the policy no longer has disappears)."""
+        if every_scope and not os.environ.get(MULTIPROC_ENV):
+            self.budget.clear()
         for item in spent:
             if item.scope.startswith("key:"):
                 continue  # one series per client key would be unbounded

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from router.schemas import ChatRequest
+
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
@@ -20,6 +22,18 @@ class RequestFacts:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+
+def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
+    """The facts of a parsed request; `headers` with lower-case names."""
+    return RequestFacts(
+        model=request.model,
+        tools=bool(request.tools),
+        json_output=request.wants_json(),
+        stream=request.stream,
+        prompt_tokens=prompt_tokens,
+        headers=headers,
+    )
 
 
 @dataclass(frozen=True, slots=True)

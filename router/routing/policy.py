@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.routing.limits import Limits, check_key_digests, limit_problems
+from router.routing.problems import Problems, describe, yaml_problem
 
 Thinking = Literal["enabled", "disabled"]
 Effort = Literal["low", "high", "max"]
@@ -276,7 +277,7 @@ class Policy(Limits):
     def _cross_references(self) -> Policy:
         problems = list(_cross_reference_problems(self))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def rank(self, tier: str) -> int:
@@ -356,19 +357,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
+        raise PolicyError(source, [yaml_problem(exc, source)]) from exc
     if not isinstance(data, dict):
         raise PolicyError(source, ["the document must be a mapping"])
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(source, [_describe(error) for error in exc.errors()]) from exc
-
-
-def _describe(error: Any) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
+        raise PolicyError(source, describe(exc.errors(), Policy)) from exc
 
 
 def load_policy(path: Path | None = None) -> tuple[Policy, str]:

@@ -138,6 +138,7 @@ class Controls:
             strong_share=share,
             group=caller.group,
             affinity_tier=affinity,
+            now=now,
         )
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:

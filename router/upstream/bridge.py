@@ -68,9 +68,15 @@ _ECHOED = (
     "user",
 )
 _ITEM_TYPES = frozenset(
-    {"message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
-     "custom_tool_call_output"}
-)  # fmt: skip
+    (
+        "message",
+        "reasoning",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+    )
+)
 _TOOL_TYPES = frozenset({"function", "custom"})  # custom tools reach DeepSeek as functions
 _PROVIDER = "deepseek"
 
@@ -110,14 +116,17 @@ class ResponsesRequest(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _function_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    def _typed_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         for index, tool in enumerate(tools or ()):
-            if tool.get("type") not in _TOOL_TYPES:
-                raise ValueError(
-                    f"tools[{index}]: only function and custom tools are supported "
-                    f"(got {tool.get('type')!r}); DeepSeek has no hosted tools"
-                )
+            if not isinstance(tool.get("type"), str):
+                raise ValueError(f"tools[{index}]: each tool needs a 'type'")
         return tools
+
+    def ignored_tools(self) -> list[str]:
+        """The hosted tools declared (`web_search`, `file_search`, ...): DeepSeek's chat API runs
+        none, so they are left out. Agents such as Codex declare some in every request, so
+        refusing them would refuse the agent."""
+        return [t["type"] for t in self.tools or () if t["type"] not in _TOOL_TYPES]
 
     def items(self) -> list[dict[str, Any]]:
         """The input as a list of items (a string is one user message)."""
@@ -126,8 +135,11 @@ class ResponsesRequest(BaseModel):
         return self.input
 
     def bridged(self) -> dict[str, Any]:
-        """The optional parameters, as litellm's bridge reads them."""
-        return self.model_dump(include=set(_ECHOED), exclude_none=True)
+        """The optional parameters, as litellm's bridge reads them (hosted tools left out)."""
+        params = self.model_dump(include=set(_ECHOED), exclude_none=True)
+        if self.tools is not None:
+            params["tools"] = [t for t in self.tools if t["type"] in _TOOL_TYPES]
+        return params
 
 
 class ResponsesBridge:
