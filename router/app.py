@@ -117,8 +117,12 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
             await close_upstream()
 
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
-    app.chat = ChatEndpoint(lambda: app.state.deps, settings.max_body_bytes)
-    app.messages = MessagesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.chat = ChatEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
+    app.messages = MessagesEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
     app.responses = ResponsesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
     app.state.settings = settings
     app.state.started_at = time.time()

@@ -4,15 +4,15 @@ bench. I/O."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from router.offline.inputs import InputError
 from router.routing.policy import Policy, PolicyError, json_schema, load_policy
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["bench"]:  # every flag, --help included, belongs to bench/run.py
         return run_bench(given[1:])
-    parser = build_parser()
+    parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
     args = parser.parse_args(given)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -58,8 +58,10 @@ def _fail(message: str) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (`command` given) one whose other offline commands are listed
+    without loading their modules."""
+    parser = _Parser(
         prog="flashpro",
         description="OpenAI-compatible routing proxy for DeepSeek V4 (Flash, Pro, Pro-Max).",
     )
@@ -145,12 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("file", type=Path, help="the policy YAML")
     describe.set_defaults(handler=run_policy_explain)
 
-    _add_model_commands(commands)
-    stats = commands.add_parser("stats", help="summarise a running flashpro's traffic")
-    from router.offline.stats import add_stats_arguments, run_stats
-
-    add_stats_arguments(stats)
-    stats.set_defaults(handler=run_stats)
+    _add_offline_commands(commands, command)
 
     commands.add_parser(  # listed for --help; main() hands its arguments to bench/run.py
         "bench",
@@ -179,33 +176,62 @@ def run_bench(args: Sequence[str]) -> int:
     return subprocess.call([sys.executable, str(script), *args])
 
 
-def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from router.offline import evaluate, train
+# Commands whose arguments live in their offline module, imported only when the command runs
+# (or for a full parser), so `route` and `serve` start without numpy-heavy modules they skip.
+OFFLINE_COMMANDS = (  # name, help, module, argument adder, handler
+    ("train", "fit the difficulty classifier", "train", "add_train_arguments", "run_train"),
+    ("eval", "evaluate routing quality", "evaluate", "add_eval_arguments", "run_eval"),
+    ("score", "score a data set", "evaluate", "add_score_arguments", "run_score"),
+    (
+        "bench-classifier",
+        "time the classifier",
+        "evaluate",
+        "add_bench_classifier_arguments",
+        "run_bench_classifier",
+    ),
+    (
+        "stats",
+        "summarise a running flashpro's traffic",
+        "stats",
+        "add_stats_arguments",
+        "run_stats",
+    ),
+)
 
-    for name, help_text, add, run in (
-        ("train", "fit the difficulty classifier", train.add_train_arguments, train.run_train),
-        ("eval", "evaluate routing quality", evaluate.add_eval_arguments, evaluate.run_eval),
-        ("score", "score a data set", evaluate.add_score_arguments, evaluate.run_score),
-        (
-            "bench-classifier",
-            "time the classifier",
-            evaluate.add_bench_classifier_arguments,
-            evaluate.run_bench_classifier,
-        ),
-    ):
+
+def _add_offline_commands(
+    commands: argparse._SubParsersAction[_Parser], command: str | None
+) -> None:
+    for name, help_text, module_name, add, run in OFFLINE_COMMANDS:
         sub = commands.add_parser(name, help=help_text)
-        add(sub)
-        sub.set_defaults(handler=run)
+        if command in (None, name):
+            module = importlib.import_module(f"router.offline.{module_name}")
+            getattr(module, add)(sub)
+            sub.set_defaults(handler=getattr(module, run))
 
 
 def _load_or_report(path: Path | None) -> Policy | None:
+    """The policy, or None after saying what is wrong with it: one problem on one line, several
+    one per line under the file's name."""
     try:
         return load_policy(path)[0]
     except PolicyError as exc:
+        if len(exc.problems) == 1:
+            (problem,) = exc.problems
+            where = "" if problem.startswith(f"{exc.source}:") else f"{exc.source}: "
+            print(f"flashpro: invalid policy {where}{problem}", file=sys.stderr)
+            return None
         print(f"flashpro: invalid policy {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (and exit code 2, as argparse has)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def run_policy_check(args: argparse.Namespace) -> int:
@@ -235,7 +261,7 @@ def run_policy_simulate(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.file)
     if policy is None:
-        return 1
+        return 2
     if args.alias not in policy.aliases:
         known = ", ".join(policy.aliases)
         return _fail(f"no alias '{args.alias}' in {args.file} (aliases: {known})")
@@ -258,7 +284,7 @@ def run_policy_explain(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.file)
     if policy is None:
-        return 1
+        return 2
     thresholds = resolve_thresholds(policy, load_classifier(None).threshold_for_share)
     explain(policy, thresholds, table_console())
     return 0
@@ -273,7 +299,7 @@ def run_route(args: argparse.Namespace) -> int:
 
     policy = _load_or_report(args.policy)
     if policy is None:
-        return 1
+        return 2
     classifier = load_classifier(None)
     routing = Routing.build(policy, "cli", classifier.threshold_for_share, {})
     request = _route_request(args)
@@ -382,8 +408,7 @@ def _model_value(text: str) -> tuple[str, float]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from router.http.server import FlashproConfig, edge_limits, serve
     from router.settings import Settings
 
     logging.basicConfig(
@@ -391,7 +416,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     policy = _load_or_report(args.policy)
     if policy is None:
-        return 1
+        return 2
     if args.policy is not None:
         os.environ["FLASHPRO_POLICY"] = str(args.policy.resolve())
     print(f"flashpro: {policy_notice(args.policy)}", file=sys.stderr, flush=True)
@@ -414,20 +439,19 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     from router.observe.metrics import multiprocess_dir
 
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: exit 0 instead
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    config = FlashproConfig(
+        "router.app:app_from_env",
+        edges=edge_limits(settings),
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
-        uvicorn.run(
-            "router.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-        )
-    return 0
+        return serve(config)
 
 
 def policy_notice(path: Path | None) -> str:
@@ -438,10 +462,6 @@ def policy_notice(path: Path | None) -> str:
         "policy: the default embedded in the package; editing policies/default.yaml changes "
         "nothing until you run `flashpro serve --policy policies/default.yaml`"
     )
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    sys.exit(0)
 
 
 def _start_simulator(policy: Policy, speed: float) -> None:

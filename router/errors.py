@@ -5,6 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+ECHO_CHARS = 256  # of a client's string quoted back in an error message
+MESSAGE_CHARS = 1024  # of any error message
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters (marked with an ellipsis): what an error message may
+    quote of a client's input, so a 1 MB model name does not come back whole."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 class FlashproError(Exception):
     """Base of every error flashpro reports to a client."""
@@ -22,11 +31,12 @@ class FlashproError(Exception):
         headers: Mapping[str, str] | None = None,
         status: int | None = None,
     ) -> None:
+        message = clip(message, MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
-        self.param = param
+        self.param = None if param is None else clip(param)
         self.code = code if code is not None else self.default_code
         self.headers: dict[str, str] = dict(headers or {})
 
@@ -57,6 +67,14 @@ class ModelNotFound(FlashproError):
     status = 404
     type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class RequestNotFound(FlashproError):
+    """No request with that id (made with the caller's key) is known."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "request_not_found"
 
 
 class PayloadTooLarge(FlashproError):

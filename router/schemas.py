@@ -132,6 +132,17 @@ class ChatRequest(BaseModel):
                     raise ValueError("each tool needs a 'type'")
         return tools
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_shape(cls, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+            raise ValueError("a string tool_choice is 'none', 'auto' or 'required'")
+        if isinstance(choice, dict) and ("function" in choice or choice.get("type") == "function"):
+            function = choice.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("tool_choice.function must be an object with a string 'name'")
+        return choice
+
     def upstream_params(self) -> dict[str, Any]:
         """The allowlisted optional parameters the client set, ready for the upstream call."""
         out: dict[str, Any] = {}

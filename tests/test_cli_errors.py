@@ -170,3 +170,25 @@ def test_serve_with_a_missing_classifier_says_so_before_starting(tmp_path: Path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().split("\n")[-1]
     assert last.startswith("flashpro: absent.npz: cannot read the classifier")
+
+
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_an_output_in_a_missing_directory_is_refused_before_any_work(
+    command: str, tmp_path: Path
+) -> None:
+    write_rows(tmp_path / "rows.jsonl", ROW)
+    args = {
+        "score": ["score", "--data", "absent.jsonl", "--out", "nowhere/scores.jsonl"],
+        "eval": ["eval", "--data", "absent.jsonl", "--plot", "nowhere/curve.png"],
+    }[command]
+    line = one_line_error(flashpro(*args, cwd=tmp_path), "nowhere")
+    assert "absent.jsonl" not in line
+
+
+@pytest.mark.parametrize("command", ["eval", "score", "train", "policy simulate"])
+def test_a_missing_required_option_is_one_line(command: str, tmp_path: Path) -> None:
+    args = [*command.split(), *([str(POLICY)] if command == "policy simulate" else [])]
+    result = flashpro(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().split("\n")
+    assert line.startswith(f"flashpro {command}: ") and "--data" in line and "--help" in line

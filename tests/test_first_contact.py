@@ -20,6 +20,10 @@ def test_root_says_what_runs_here(flashpro: str) -> None:
         assert httpx.get(flashpro + path).status_code != 404 or path == "/v1/chat/completions"
 
 
+def test_readyz_says_the_embedded_policy_is_live(flashpro: str) -> None:
+    assert httpx.get(flashpro + "/readyz").json()["policy_file"] is None
+
+
 def test_a_wrong_method_is_a_405_with_its_own_code(flashpro: str) -> None:
     for path, allowed in (("/v1/chat/completions", "POST"), ("/v1/route", "POST")):
         response = httpx.get(flashpro + path)

@@ -321,6 +321,8 @@ def test_server_tools_are_left_out_and_named(flashpro: str, sim: RunningSimulato
 def test_malformed_and_oversized_bodies_get_anthropic_errors(flashpro: str) -> None:
     bad = httpx.post(flashpro + "/v1/messages", content=b"{not json")
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    deep = httpx.post(flashpro + "/v1/messages", content=b'{"a":' * 100 + b"1" + b"}" * 100)
+    assert deep.status_code == 400 and deep.json()["error"]["type"] == "invalid_request_error"
     huge = httpx.post(flashpro + "/v1/messages", content=b"x" * (300 * 1024))
     assert huge.status_code == 413 and huge.json()["error"]["type"] == "request_too_large"
     wrong = httpx.get(flashpro + "/v1/messages")

@@ -86,7 +86,7 @@ def test_policy_check_prints_one_problem_per_line(tmp_path: Path) -> None:
     path = tmp_path / "typo.yaml"
     path.write_text(
         DEFAULT.replace("when: {tools: true}", "when: {tool: true}", 1).replace(
-            "default_tier: flash", "default_tier: flsh", 1
+            "thinking: disabled", "thinking: sometimes", 1
         ),
         "utf-8",
     )
@@ -103,3 +103,24 @@ def test_policy_check_prints_one_problem_per_line(tmp_path: Path) -> None:
     assert lines[0] == f"flashpro: invalid policy {path}:"
     assert all(line.startswith("  - ") for line in lines[1:])
     assert any("did you mean `tools`?" in line for line in lines[1:])
+    assert any(line.startswith("  - tiers.flash.thinking: ") for line in lines[1:])
+    assert len(lines) == 3
+
+
+def test_a_single_policy_problem_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    path = tmp_path / "broken.yaml"
+    path.write_text("version: 1\ntiers:\n  flash: model: x\n", "utf-8")
+    for args in (["route", "--policy", str(path), "hi"], ["policy", "explain", str(path)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "router", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == (
+            f"flashpro: invalid policy {path}:3:15: not valid YAML: "
+            "mapping values are not allowed here"
+        )

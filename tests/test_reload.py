@@ -65,6 +65,7 @@ def test_edited_policy_takes_effect_and_invalid_edit_does_not(
     with serve_app(settings, deps) as base:
         assert tier_of(base) == "pro-max"
         assert readyz(base)["policy_version"] == version
+        assert readyz(base)["policy_file"] == str(path)
 
         path.write_text(with_rule(original, FLASH_FOR_ALL))
         wait_until(lambda: readyz(base)["policy_version"] != version, 10, "the reload")

@@ -1,5 +1,6 @@
 """HTTP edge: the endpoints besides chat completions (router/http/chat.py): route explanation, the
-model list and health checks. I/O."""
+model list and health checks. With `auth.required` each takes a key (`/healthz` excepted): a
+client key for /v1/route, a monitoring key for /readyz, either for /v1/models. I/O."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 from typing import Any, cast
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
 from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
@@ -39,16 +41,18 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_chat(request: Request, limit: int) -> ChatRequest:
-    """Read and validate a chat body (the same reader as the chat endpoint's)."""
-    return parse_chat(await read_body(request.receive, lower_headers(request), limit))
+async def read_chat(request: Request) -> ChatRequest:
+    """Read and validate a chat body (the same reader and limits as the chat endpoint's)."""
+    settings = request.app.state.settings
+    body = await read_body(request.receive, lower_headers(request), settings.max_body_bytes)
+    return parse_chat(body, settings.max_json_depth)
 
 
-@api.post("/v1/route")
+@api.post("/v1/route", dependencies=[Depends(client_key)])
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
-    chat = await read_chat(request, request.app.state.settings.max_body_bytes)
+    chat = await read_chat(request)
     given = lower_headers(request)
     routed = await preview(deps, chat, given)
     decision = routed.decision
@@ -68,7 +72,7 @@ async def explain_route(request: Request) -> Response:
     return json_response(body, headers=decision_headers(decision, rid))
 
 
-@api.get("/v1/models")
+@api.get("/v1/models", dependencies=[Depends(any_key)])
 async def list_models(request: Request) -> Response:
     policy = deps_of(request).live.policy
     created = int(request.app.state.started_at)
@@ -122,7 +126,7 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@api.get("/readyz")
+@api.get("/readyz", dependencies=[Depends(monitoring_key)])
 async def readyz(request: Request) -> Response:
     deps = deps_of(request)
     cache_ok = await deps.cache.backend.reachable()
@@ -132,6 +136,8 @@ async def readyz(request: Request) -> Response:
         "status": "ready" if cache_ok else "degraded",
         "checks": {"cache": "ok" if cache_ok else "unreachable"},
         "policy_version": deps.live.version,
+        # which file is live: None is the default embedded in the package
+        "policy_file": str(request.app.state.settings.policy or "") or None,
         "policy_reload_error": deps.holder.last_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
     }

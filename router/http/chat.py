@@ -32,8 +32,10 @@ from router.errors import (
     InvalidRequest,
     MethodNotAllowed,
     PayloadTooLarge,
+    clip,
     internal_error,
 )
+from router.http.body import MAX_JSON_DEPTH, loads
 from router.pipeline import (
     Answer,
     Deps,
@@ -86,16 +88,22 @@ class ClientGone(FlashproError):
     default_code = "client_disconnected"
 
 
+def too_large(limit: int) -> PayloadTooLarge:
+    """A 413 that also closes the connection: the rest of the body is not worth reading."""
+    message = f"The request body is over the {limit}-byte limit."
+    return PayloadTooLarge(message, headers={"connection": "close"})
+
+
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body, refused with a 413 beyond `limit` bytes (declared or sent)."""
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        raise too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False) and message["type"] == "http.request":
         if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+            raise too_large(limit)
         return body
     parts = [body]
     size = len(body)
@@ -108,7 +116,7 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         part: bytes = message.get("body", b"")
         size += len(part)
         if size > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+            raise too_large(limit)
         parts.append(part)
 
 
@@ -117,28 +125,29 @@ def first_error(errors: list[ErrorDetails]) -> ErrorDetails:
 
 
 def parse_json(
-    body: bytes, model: type[M], pick: Callable[[list[ErrorDetails]], ErrorDetails] = first_error
+    body: bytes,
+    model: type[M],
+    max_depth: int = MAX_JSON_DEPTH,
+    pick: Callable[[list[ErrorDetails]], ErrorDetails] = first_error,
 ) -> M:
-    """Validate a JSON body as `model`; every problem becomes a 400 naming the field (the
-    error `pick` chooses among pydantic's)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    """Validate a JSON body as `model`; every problem becomes a 400 naming the field (the error
+    `pick` chooses among pydantic's; nesting deeper than `max_depth` included), echoing at most
+    a bounded part of the client's input."""
+    data = loads(body, max_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         error = pick(exc.errors(include_url=False))
-        param = ".".join(str(p) for p in error["loc"]) or None
-        reason = str(error["msg"]).removeprefix("Value error, ")
+        param = clip(".".join(str(p) for p in error["loc"])) or None
+        reason = clip(str(error["msg"]).removeprefix("Value error, "))
         raise InvalidRequest(f"Invalid value for '{param}': {reason}", param=param) from None
 
 
-def parse_chat(body: bytes) -> ChatRequest:
+def parse_chat(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ChatRequest:
     """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
-    return parse_json(body, ChatRequest)
+    return parse_json(body, ChatRequest, max_depth)
 
 
 class Intake:
@@ -149,9 +158,14 @@ class Intake:
     invalid bodies are not kept (their error is raised each time)."""
 
     def __init__(
-        self, entries: int = 1024, max_body: int = 16 * 1024, max_bytes: int = 4 * 1_048_576
+        self,
+        entries: int = 1024,
+        max_body: int = 16 * 1024,
+        max_bytes: int = 4 * 1_048_576,
+        max_depth: int = MAX_JSON_DEPTH,
     ) -> None:
         self.entries = entries
+        self.max_depth = max_depth
         self.max_body = max_body
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -159,12 +173,12 @@ class Intake:
 
     def parse(self, body: bytes) -> ChatRequest:
         if len(body) > self.max_body:
-            return parse_chat(body)
+            return parse_chat(body, self.max_depth)
         digest = hashlib.blake2b(body, digest_size=16).digest()
         seen = self._seen.get(digest)
         if seen is not None:
             return seen[0]
-        request = parse_chat(body)
+        request = parse_chat(body, self.max_depth)
         self._seen[digest] = (request, len(body))
         self.bytes += len(body)
         while len(self._seen) > self.entries or self.bytes > self.max_bytes:
@@ -310,10 +324,12 @@ async def serve(
 class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
-    def __init__(self, deps_of: Callable[[], Deps], max_body_bytes: int) -> None:
+    def __init__(
+        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+    ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
-        self.intake = Intake()
+        self.intake = Intake(max_depth=max_json_depth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)

@@ -18,6 +18,7 @@ import orjson
 from pydantic_core import ErrorDetails
 
 from router.errors import FlashproError, MethodNotAllowed
+from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
     Exchange,
     Receive,
@@ -104,9 +105,12 @@ async def sse(events: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIt
 class MessagesEndpoint:
     """`/v1/messages` and its count_tokens as an ASGI callable."""
 
-    def __init__(self, deps_of: Callable[[], Deps], max_body_bytes: int) -> None:
+    def __init__(
+        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+    ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = with_bearer(headers_of(scope))
@@ -125,7 +129,7 @@ class MessagesEndpoint:
     ) -> None:
         deps, rid = exchange.deps, exchange.request_id
         body = await read_body(receive, headers, self.max_body_bytes)
-        request = parse_json(body, MessagesRequest, most_telling)
+        request = parse_json(body, MessagesRequest, self.max_json_depth, most_telling)
         view = chat_view(request)
         routed = exchange.routed = await admit(deps, view, headers, rid, api=API, anthropic=request)
         plan = cache_plan(deps, routed, headers)
@@ -145,7 +149,7 @@ class MessagesEndpoint:
         """flashpro's own estimate (about four characters a token), for an authorised caller
         and a model the policy knows; the decision headers say where the call would go."""
         body = await read_body(receive, headers, self.max_body_bytes)
-        request = parse_json(body, CountTokensRequest, most_telling)
+        request = parse_json(body, CountTokensRequest, self.max_json_depth, most_telling)
         routed = await preview(exchange.deps, chat_view(request), headers)
         rid = exchange.request_id
         out = {"request-id": rid, **decision_headers(routed.decision, rid)}

@@ -302,6 +302,12 @@ class Metrics:
             registry=r,
         )
 
+        self.decision_log_dropped = Counter(
+            "flashpro_decision_log_dropped_lines",
+            "Decision-log lines dropped: unencodable (one bad record) or write_failed (disk).",
+            ["reason"],
+            registry=r,
+        )
         self.started = Gauge(
             "flashpro_start_time_seconds",
             "When a flashpro worker started, unix time (the earliest of the workers).",
@@ -356,6 +362,10 @@ class Metrics:
     def fallback(self, from_tier: str, to_tier: str, reason: str) -> None:
         """A request moved to another tier (reason: a short fixed word, e.g. timeout, 5xx)."""
         self.fallbacks.labels(from_tier, to_tier, reason).inc()
+
+    def decision_log_drop(self, reason: str, lines: int) -> None:
+        """Lines the decision log dropped: `unencodable` or `write_failed`."""
+        self.decision_log_dropped.labels(reason).inc(lines)
 
     def breaker_state(self, tier: str, state: str) -> None:
         """A tier's circuit breaker changed state: closed, half_open or open."""

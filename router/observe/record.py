@@ -39,6 +39,7 @@ class RequestRecord:
     request: ChatRequest | None = None  # kept for the decision log and opted-in prompt logs
     api: str = "chat"  # the front door: chat, messages or responses
     at: float = field(default_factory=time.time)
+    key: str | None = None  # the sha256 of the caller's key (decision log: who may rate it)
 
     @property
     def savings_usd(self) -> float:
@@ -105,5 +106,5 @@ def record_of(
         stream=routed.request.stream,
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
-        api=routed.api,
+        key=caller.key,
     )

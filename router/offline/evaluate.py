@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from router.observe.decisions import join
-from router.offline.inputs import load_classifier_file, read_jsonl, require_matplotlib, row_error
+from router.offline.inputs import (
+    load_classifier_file,
+    read_jsonl,
+    require_directory,
+    require_matplotlib,
+    row_error,
+)
 from router.routing.classify import Classifier
 from router.schemas import ChatRequest
 
@@ -303,8 +309,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.plot is not None:
-        require_matplotlib()  # before the scoring, not after it
+    if args.plot is not None:  # before the scoring, not after it
+        require_matplotlib()
+        require_directory(args.plot)
     rows = read_rows(args.data)
     classifier = load_classifier_file(args.model)
     scores = score_all(classifier, [r.request for r in rows])
@@ -326,6 +333,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    require_directory(args.out)
     objs = read_objects(args.data)
     requests = requests_of(args.data, objs)
     classifier = load_classifier_file(args.model)

@@ -57,6 +57,12 @@ def row_error(where: str, exc: Exception) -> InputError:
     return InputError(f"{where}: {first_line or type(exc).__name__}")
 
 
+def require_directory(output: Path) -> None:
+    """Fail before any work when an output file's directory does not exist."""
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: no such directory {output.parent}")
+
+
 def require_matplotlib() -> None:
     """Fail before any work when plotting is asked for but matplotlib is missing."""
     try:

@@ -47,7 +47,7 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
     hit_rate = totals.get("hit_rate")
     summary = Table(title="flashpro", show_header=False)
     summary.add_column("figure")
-    summary.add_column("value", justify="right")
+    summary.add_column("value", justify="right", no_wrap=True)
     summary.add_row("requests", str(totals["requests"]))
     summary.add_row("errors", str(totals["errors"]))
     usd = money([totals["spend_usd"], totals["baseline_usd"], totals["savings_usd"]])
@@ -65,7 +65,7 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
 
     tiers = Table(title="per tier")
     for column in ("tier", "requests", "share", "spend", "savings", "p50", "p95", "ttft p50"):
-        tiers.add_column(column, justify="left" if column == "tier" else "right")
+        tiers.add_column(column, justify="left" if column == "tier" else "right", no_wrap=True)
     by_tier = [data["by_tier"][name] for name in data["tiers"]]
     usd = money([t[k] for t in by_tier for k in ("spend_usd", "savings_usd")])
     for name, t in zip(data["tiers"], by_tier, strict=True):

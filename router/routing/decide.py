@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from router.errors import ModelNotFound
+from router.errors import ModelNotFound, clip
 from router.routing.classify import Assessment
 from router.routing.constrain import NO_STATE, RoutingState, constrain, routed_model
 from router.routing.decision import Decision, RequestFacts, Thresholds
@@ -41,7 +41,7 @@ def target_of(policy: Policy, model: str) -> tuple[str | None, str | None]:
         return alias, None
     names = ", ".join([*policy.aliases, *policy.tiers])
     raise ModelNotFound(
-        f"The model '{model}' does not exist on this router. Use one of: {names}.",
+        f"The model '{clip(model)}' does not exist on this router. Use one of: {names}.",
         param="model",
     )
 

@@ -129,7 +129,18 @@ class Auth(_Strict):
     required: bool = Field(
         default=False,
         description="Only client keys listed in `keys` or `key_env` may call; any other bearer "
-        "token, or none, gets 401 authentication_error.",
+        "token, or none, gets 401 authentication_error. Every endpoint but /healthz is locked: "
+        "the monitoring ones (/metrics, /v1/stats, /readyz) take `monitoring_keys`.",
+    )
+    monitoring_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256 hex digests of keys that may read /metrics, /v1/stats and /readyz "
+        "(and /v1/models) when `required`; client keys may not. With none here and none in "
+        "`monitoring_key_env`, the client keys may.",
+    )
+    monitoring_key_env: list[str] = Field(
+        default_factory=list,
+        description="Names of env vars each holding a monitoring key (as `monitoring_keys`).",
     )
 
 
@@ -222,6 +233,7 @@ class Limits(_Strict):
     @model_validator(mode="after")
     def _hashes(self) -> Limits:
         check_key_digests("keys", self.keys)
+        check_key_digests("auth.monitoring_keys", self.auth.monitoring_keys)
         return self
 
 
