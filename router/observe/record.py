@@ -107,4 +107,5 @@ def record_of(
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
         key=caller.key,
+        api=routed.api,
     )
