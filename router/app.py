@@ -37,8 +37,8 @@ from router.settings import Settings
 from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
+from router.state.reasoning import open_reasoning
 from router.state.responses import open_response_store
-from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
@@ -54,11 +54,13 @@ def build_deps(settings: Settings) -> Deps:
         routing=routing,
         classifier=classifier,
         upstream=open_upstream(settings.transport, secrets),
-        memory=ReasoningMemory(),
+        memory=open_reasoning(settings.redis_url),
         api_base=settings.deepseek_api_base,
         anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
-        controls=open_controls(settings.redis_url, os.environ),
+        controls=open_controls(
+            settings.redis_url, os.environ, routing.upstreams(settings.deepseek_api_base)
+        ),
         rates=open_rate_limiter(settings.redis_url),
         observer=Observer.for_policy(policy),
         responses=open_response_store(
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
             yield
         await app.state.deps.cache.aclose()
         await live.controls.aclose()
+        await live.memory.aclose()
         await live.rates.aclose()
         await live.responses.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
@@ -123,7 +126,9 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
     app.messages = MessagesEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
-    app.responses = ResponsesEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.responses = ResponsesEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)

@@ -128,6 +128,32 @@ class UpstreamAuthFailed(FlashproError):
     default_code = "upstream_auth_failed"
 
 
+class UpstreamBalanceExhausted(FlashproError):
+    """The upstream account behind a tier has no balance left (DeepSeek's 402): the operator's
+    problem, never the client's request; a 503 so clients retry later rather than fix their
+    request."""
+
+    status = 503
+    type = "upstream_error"
+    default_code = "upstream_insufficient_balance"
+
+    @classmethod
+    def on(cls, tier: str, account: str) -> UpstreamBalanceExhausted:
+        return cls(
+            f"Tier '{tier}': the upstream refused the call for lack of balance (DeepSeek 402 "
+            f"Insufficient Balance) on {account}. Top up that account; the request itself is "
+            "fine."
+        )
+
+
+class UpstreamSaturated(FlashproError):
+    """A tier's `max_concurrency` is reached and no slot freed in its queue time."""
+
+    status = 503
+    type = "server_error"
+    default_code = "upstream_saturated"
+
+
 class UpstreamTimeout(FlashproError):
     status = 504
     type = "timeout_error"
@@ -138,6 +164,13 @@ class UpstreamError(FlashproError):
     status = 502
     type = "upstream_error"
     default_code = "upstream_error"
+
+
+class UpstreamOverloaded(UpstreamError):
+    """DeepSeek's 503 Server Overloaded: retried, then relayed as a 503 with its Retry-After."""
+
+    status = 503
+    default_code = "upstream_overloaded"
 
 
 class RouteNotFound(FlashproError):

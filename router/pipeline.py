@@ -12,8 +12,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from router.errors import UpstreamError
-from router.formats import Assembler, WireFormat, format_of
+from router.errors import (
+    FlashproError,
+    UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
+    UpstreamError,
+    UpstreamSaturated,
+)
+from router.formats import Assembler, format_of
 from router.observe.observer import Observer
 from router.observe.record import record_of
 from router.routing.auth import authorize
@@ -33,14 +39,18 @@ from router.state.cache import (
     CacheStatus,
     Entry,
     ResponseCache,
+    namespace_of,
     plan_for,
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.state.reasoning import ReasoningStore
 from router.state.responses import ResponseStore
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
-from router.upstream.reasoning import ReasoningMemory
+from router.upstream.concurrency import Concurrency, Held
+from router.upstream.messages import messages_call
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
+from router.upstream.shaping import shape, user_id_of
 
 T = TypeVar("T")
 
@@ -52,13 +62,14 @@ class Deps:
     routing: Routing
     classifier: Classifier
     upstream: Upstream
-    memory: ReasoningMemory
+    memory: ReasoningStore  # reasoning of tool-call turns (Redis with REDIS_URL)
     api_base: str | None  # default upstream base URL for tiers that give none
     anthropic_api_base: str | None = None  # likewise for Anthropic-format (/v1/messages) calls
     cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
     controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
+    concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
     responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
@@ -104,27 +115,13 @@ def route(
     routing: Routing | None = None,
     caller: Caller | None = None,
     request_id: str = "",
-    *,
-    api: str = "chat",
-    anthropic: MessagesRequest | None = None,
 ) -> Routed:
     """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
     assessment = request.derived("assessment", deps.classifier.assess, deps.classifier)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     routing = routing or deps.live
     decision = decide(routing.policy, routing.thresholds, facts, assessment, state)
-    caller = caller or Caller()
-    return Routed(
-        request,
-        assessment,
-        decision,
-        routing,
-        caller,
-        headers,
-        request_id,
-        api=api,
-        anthropic=anthropic,
-    )
+    return Routed(request, assessment, decision, routing, caller or Caller(), headers, request_id)
 
 
 async def admit(
@@ -145,9 +142,9 @@ async def admit(
     state = await deps.controls.state_for(routing.policy, caller)
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
-    routed = route(
-        deps, request, headers, state, routing, caller, request_id, api=api, anthropic=anthropic
-    )
+    routed = route(deps, request, headers, state, routing, caller, request_id)
+    if api != "chat" or anthropic is not None:
+        routed = replace(routed, api=api, anthropic=anthropic)
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 
@@ -177,46 +174,71 @@ def _routing(deps: Deps, routed: Routed) -> Routing:
 
 
 def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CachePlan:
-    """Which cache entries may answer the routed request, and whether to store its answer."""
-    policy = _routing(deps, routed).policy
-    digest = routed.anthropic.digest() if routed.anthropic is not None else None
-    return plan_for(policy, routed.request, routed.decision.tier, headers, digest)
-
-
-def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
-    """The call to the routed tier, in the wire format the client spoke."""
+    """Which cache entries may answer the routed request (answers of the same upstream only),
+    and whether to store its answer."""
     routing = _routing(deps, routed)
-    tier = routing.policy.tiers[routed.decision.tier]
+    upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
+    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    tier = routed.decision.tier
+    return plan_for(routing.policy, routed.request, tier, headers, upstreams, digest)
+
+
+def _namespace(deps: Deps, routed: Routed) -> str:
+    """The caller's namespace: its tenant or key hash (router/state/cache.py)."""
+    tenants = _routing(deps, routed).policy.cache.tenants
+    return namespace_of(routed.headers.get("authorization"), tenants)
+
+
+async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """The call to the routed tier: reasoning of earlier tool-call turns restored, shaped to
+    DeepSeek's rules (router/upstream/shaping.py), the caller's tenant hash as `user_id`; a
+    Messages body goes as it is, in Anthropic format (router/upstream/messages.py)."""
+    routing = _routing(deps, routed)
+    name = routed.decision.tier
+    tier = routing.policy.tiers[name]
+    namespace = _namespace(deps, routed)
+    key = routing.keys.get(tier.api_key_env)
     if routed.anthropic is not None:
-        return UpstreamCall(
-            model=tier.model,
-            messages=routed.anthropic.upstream_messages(),
-            params=routed.anthropic.upstream_fields(),
-            thinking=tier.thinking,
-            reasoning_effort=tier.reasoning_effort,
-            api_base=tier.api_base_anthropic or deps.anthropic_api_base,
-            api_key=routing.keys.get(tier.api_key_env),
-            timeout_s=tier.timeout_s,
-            wire="messages",
+        base = tier.api_base_anthropic or deps.anthropic_api_base
+        return messages_call(tier, routed.anthropic, base, key, user_id_of(namespace))
+    messages = await deps.memory.restore(namespace, routed.request.messages)
+    dumped = [m.model_dump(exclude_none=True) for m in messages]
+    call = UpstreamCall.to_tier(tier, dumped, routed.request.upstream_params(), deps.api_base, key)
+    return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
+
+
+async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
+    """A place under the tier's `max_concurrency` (per account and model); its release."""
+    routing, name = _routing(deps, routed), routed.decision.tier
+    tier, metrics = routing.policy.tiers[name], deps.observer.metrics
+    try:
+        return await deps.concurrency.acquire(
+            f"{routing.identity(name, deps.api_base)}:{tier.model}",
+            tier.max_concurrency,
+            tier.queue_ms / 1000,
+            name,
+            lambda in_flight: metrics.upstream_in_flight(tier.model_name, in_flight),
         )
-    messages = deps.memory.restore(routed.request.messages)
-    return UpstreamCall(
-        model=tier.model,
-        messages=[m.model_dump(exclude_none=True) for m in messages],
-        params=routed.request.upstream_params(),
-        thinking=tier.thinking,
-        reasoning_effort=tier.reasoning_effort,
-        api_base=tier.api_base or deps.api_base,
-        api_key=routing.keys.get(tier.api_key_env),
-        timeout_s=tier.timeout_s,
-    )
+    except UpstreamSaturated:
+        metrics.tier_saturated(name)
+        raise
+
+
+def _named(deps: Deps, routed: Routed, exc: BaseException) -> BaseException:
+    """An upstream refusal of flashpro's own account (402, refused key) counted, and a 402
+    naming the account; any other failure as it is."""
+    if not isinstance(exc, UpstreamBalanceExhausted | UpstreamAuthFailed):
+        return exc
+    name, balance = routed.decision.tier, isinstance(exc, UpstreamBalanceExhausted)
+    deps.observer.metrics.account_error(name, "insufficient_balance" if balance else "auth")
+    account = _routing(deps, routed).account(name, deps.api_base)
+    return UpstreamBalanceExhausted.on(name, account) if balance else exc
 
 
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
     """What an answer cost, off-peak discount included."""
     policy = (routing or deps.live).policy
-    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
-    return cost_usd(usage, policy.tiers[decision.tier].prices) * factor
+    return cost_usd(usage, policy.prices_at(decision.tier, datetime.now(UTC)))
 
 
 async def _answered(
@@ -268,10 +290,16 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
-        return await deps.upstream.complete(upstream_call(deps, attempt))
+        release = await _slot(deps, attempt)
+        try:
+            return await deps.upstream.complete(await upstream_call(deps, attempt))
+        except FlashproError as exc:
+            raise _named(deps, attempt, exc)  # noqa: B904 - the same error, or it renamed
+        finally:
+            release()
 
     completion, routed, trail = await resilient(deps, routed, call)
-    deps.memory.remember(completion.body)
+    await deps.memory.remember(_namespace(deps, routed), completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
     await _store(deps, _replanned(deps, routed, plan, trail), routed, completion.body, cost)
@@ -291,8 +319,9 @@ async def resilient(
         return await call(to(decision))
 
     policy = _routing(deps, routed).policy
+    images = routed.request.has_images()
     value, decision, trail = await deps.resilience.call(
-        policy, routed.decision, attempt, routed.caller.group
+        policy, routed.decision, attempt, routed.caller.group, images
     )
     return value, to(decision), trail
 
@@ -384,13 +413,18 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
 
 
 async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator[Chunk]]:
-    """Open the upstream stream and wait for its first chunk, so failures surface here."""
-    chunks = await deps.upstream.stream(upstream_call(deps, routed))
+    """Open the upstream stream and wait for its first chunk, so failures surface here; the
+    stream holds its concurrency slot until it ends."""
+    release = await _slot(deps, routed)
     try:
+        chunks = await deps.upstream.stream(await upstream_call(deps, routed))
         first = await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError("The upstream ended the stream before sending anything.") from None
-    return first, chunks
+    except BaseException as exc:
+        release()
+        if isinstance(exc, StopAsyncIteration):
+            raise UpstreamError("The upstream ended the stream before sending anything.") from None
+        raise _named(deps, routed, exc)  # noqa: B904
+    return first, Held(chunks, release)
 
 
 async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -424,24 +458,13 @@ async def _relay(
         if not assembler.finished:
             await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
     if assembler.finished:  # not after a client disconnect or an upstream drop
-        await _streamed(deps, routed, plan, wire, assembler.body(), timing)
-
-
-async def _streamed(
-    deps: Deps,
-    routed: Routed,
-    plan: CachePlan,
-    wire: WireFormat,
-    body: dict[str, Any],
-    timing: tuple[float, float] | None,
-) -> None:
-    """A stream that finished: charge, observe and keep its answer as a whole one would be."""
-    deps.memory.remember(body)
-    usage = wire.usage(body)
-    cost = price(deps, routed.decision, usage, routed.routing)
-    started, first_at = timing or (time.monotonic(), None)
-    await _answered(deps, routed, usage, cost, started, first_at, plan.status)
-    await _store(deps, plan, routed, body, cost)
+        body = assembler.body()
+        await deps.memory.remember(_namespace(deps, routed), body)
+        usage = wire.usage(body)
+        cost = price(deps, routed.decision, usage, routed.routing)
+        started, first_at = timing or (time.monotonic(), None)
+        await _answered(deps, routed, usage, cost, started, first_at, plan.status)
+        await _store(deps, plan, routed, body, cost)
 
 
 async def _cut(

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 T = TypeVar("T")
 
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})  # content parts that are images
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 # Request fields relayed to the upstream. Everything else a client sends is dropped here, so no
@@ -151,6 +152,13 @@ class ChatRequest(BaseModel):
             if value is not None:
                 out[name] = value
         return out
+
+    def has_images(self) -> bool:
+        """Whether a message carries an image part."""
+        return any(
+            isinstance(m.content, list) and any(p.type in IMAGE_PARTS for p in m.content)
+            for m in self.messages
+        )
 
     def wants_json(self) -> bool:
         fmt = self.response_format

@@ -5,6 +5,7 @@ only from the key that made the request, and with a bounded body."""
 from __future__ import annotations
 
 import re
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from router.app import build_deps
-from router.routing.callers import key_digest
+from router.routing.callers import bearer_digest, key_digest
 from router.simulator.server import RunningSimulator
 from tests.conftest import ROOT, serve_app, settings_for
 from tests.fault_policy import CLIENT_KEY, OTHER_KEY, write_policy
@@ -153,3 +154,15 @@ def test_the_documented_prometheus_authorization_is_a_bearer_block() -> None:
             "type": "Bearer",
             "credentials_file": "/etc/prometheus/flashpro-key",
         }
+
+
+def test_unauthenticated_bearer_values_are_not_kept() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(2000):  # 2,000 made-up 30 KB keys: 60 MB if anything kept them
+            assert bearer_digest(f"Bearer {n:06d}" + "k" * 30_000) is not None
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000

@@ -23,8 +23,8 @@ from router.routing.policy import load_policy
 from router.routing.routed import Routing
 from router.simulator.server import RunningSimulator
 from router.state.cache import Cache, MemoryCache, RedisCache, ResponseCache
+from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for
 
 

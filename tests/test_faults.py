@@ -46,8 +46,11 @@ def db_url(server: RedisServer, db: int) -> str:
 
 def ledger_total(url: str) -> float:
     day = datetime.now(UTC).strftime("%Y%m%d")
-    value = redis.Redis.from_url(url).get(f"flashpro:v1:spend:total:d:{day}")
-    return float(value or 0)
+    client = redis.Redis.from_url(url)
+    # spend is kept per upstream set: flashpro:v1:spend:<upstreams>:total:d:<day>
+    keys = client.keys(f"flashpro:v1:spend:*:total:d:{day}")
+    assert len(keys) <= 1, keys
+    return float(client.get(keys[0]) or 0) if keys else 0.0
 
 
 def run_all(base: str, bodies: list[dict[str, Any]], policy: Policy) -> list[Outcome]:

@@ -82,7 +82,8 @@ def test_a_pinned_tier_sets_model_thinking_and_effort_upstream(
     assert body["model"] == "deepseek-v4-pro"
     assert body["thinking"] == {"type": "enabled"}  # the tier's, not the client's budget
     assert body["output_config"] == {"effort": "high"}
-    assert body["metadata"] == {"user_id": "user-7"}
+    # DeepSeek isolates its cache per user_id: the caller's tenant hash, as on chat
+    assert body["metadata"]["user_id"].startswith("flashpro-key-")
     for dropped in ("top_k", "service_tier", "container", *HOSTILE):
         assert dropped not in body
     assert "anthropic-version" not in upstream.headers
@@ -208,16 +209,17 @@ def test_the_cache_serves_repeats_per_format(flashpro: str, sim: RunningSimulato
     messages = ask("Define a monoid in one sentence")
     repeatable = {"temperature": 0}  # the SDK has no sampling parameters: sent as extra fields
     first = api.messages.with_raw_response.create(
-        model="flash", max_tokens=300, messages=messages, extra_body=repeatable
+        model="flash", max_tokens=1000, messages=messages, extra_body=repeatable
     )
     again = api.messages.with_raw_response.create(
-        model="flash", max_tokens=300, messages=messages, extra_body=repeatable
+        model="flash", max_tokens=1000, messages=messages, extra_body=repeatable
     )
+    assert first.parse().stop_reason == "end_turn"  # a whole answer: kept
     assert first.headers["x-flashpro-cache"] == "miss"
     assert again.headers["x-flashpro-cache"] == "hit"
     assert again.parse().content == first.parse().content
     with api.messages.stream(
-        model="flash", max_tokens=300, messages=messages, extra_body=repeatable
+        model="flash", max_tokens=1000, messages=messages, extra_body=repeatable
     ) as s:
         replayed = s.get_final_message()
         assert s.response.headers["x-flashpro-cache"] == "hit"
@@ -227,7 +229,7 @@ def test_the_cache_serves_repeats_per_format(flashpro: str, sim: RunningSimulato
     chat = httpx.post(
         flashpro + "/v1/chat/completions",
         headers={"authorization": "Bearer fp-cache-key"},
-        json={"model": "flash", "max_tokens": 300, "temperature": 0, "messages": messages},
+        json={"model": "flash", "max_tokens": 1000, "temperature": 0, "messages": messages},
     )
     assert chat.headers["x-flashpro-cache"] == "miss"  # a chat body is never a message's answer
     assert len(relayed(sim)) == 1

@@ -19,7 +19,7 @@ from router.schemas_anthropic import (
     estimate_input_tokens,
 )
 from router.simulator.anthropic import parse_messages_request, upstream_model
-from router.simulator.text import SimError
+from router.simulator.faults import SimError
 from router.upstream.messages import (
     EMPTY_THINKING,
     MessageAssembler,

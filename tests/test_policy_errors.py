@@ -36,7 +36,7 @@ def test_a_mistyped_key_suggests_the_one_meant() -> None:
     [
         ("rules:\n", "rule:\n", "rule", "rules"),
         ("thinking: disabled", "thinkng: disabled", "tiers.flash.thinkng", "thinking"),
-        ("input_usd_per_mtok: 0.14", "input_usd_per_mtoks: 0.14", "tiers.flash.prices", "input"),
+        ("input_usd_per_mtok: 0.30", "input_usd_per_mtoks: 0.30", "tiers.flash.prices", "input"),
     ],
 )
 def test_mistyped_keys_at_any_depth_get_a_suggestion(

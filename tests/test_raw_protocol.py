@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
@@ -20,6 +21,7 @@ from tests.conftest import serve_app, settings_for
 
 LIMITS = EdgeLimits(max_header_bytes=32 * 1024, header_timeout_s=1.0, body_timeout_s=1.0)
 HELLO = orjson.dumps({"model": "flash", "messages": [{"role": "user", "content": "hello"}]})
+BIG = orjson.dumps({"model": "flash", "messages": [{"role": "user", "content": "x " * 100_000}]})
 
 
 def post(body: bytes = HELLO, *headers: str, length: int | None = None) -> bytes:
@@ -180,6 +182,11 @@ CASES = [
         (any_of(200), any_of(200)),
     ),
     Case(
+        "a 200 KB request and a pipelined one in one write",
+        lambda p: exchange(p, post(BIG) + post(), wait_s=3),
+        (any_of(200), any_of(200)),
+    ),
+    Case(
         "HTTP/1.0 without keep-alive",
         lambda p: exchange(p, post().replace(b"HTTP/1.1", b"HTTP/1.0")),
         (any_of(200),),
@@ -270,3 +277,20 @@ def test_connections_past_the_cap_get_503(simulator: RunningSimulator, upstream_
         time.sleep(0.2)
         assert [s for s, _ in reply.answers] == [503] and is_envelope(reply.answers[0][1])
         assert httpx.get(base + "/healthz").status_code == 200
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().split("\n"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_fifty_ten_megabyte_bearers_are_refused_without_holding_memory(port: int) -> None:
+    huge = post(HELLO, "authorization: Bearer " + "k" * 10_000_000)
+    exchange(port, huge)  # warm-up: buffers the first refusal needs
+    before = rss_mb()  # the server runs in this process
+    statuses = [s for _ in range(50) for s, _ in exchange(port, huge).answers]
+    grown = rss_mb() - before
+    assert statuses == [431] * 50
+    assert grown < 50, f"RSS grew {grown:.0f} MB"

@@ -15,8 +15,8 @@ from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing, RoutingHolder
 from router.simulator.server import RunningSimulator
+from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, serve_app, settings_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,9 +20,9 @@ from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import load_policy
 from router.routing.routed import Routing
 from router.simulator.server import RunningSimulator
+from router.state.reasoning import ReasoningMemory
 from router.state.responses import ResponseStore
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 from tests.fault_policy import CLIENT_KEY, write_policy
 
@@ -105,7 +105,7 @@ def test_routed_by_the_same_policy_as_chat(fixed: str, sim: RunningSimulator) ->
     pinned = client(fixed).responses.with_raw_response.create(model="pro", input="hello")
     assert pinned.headers["x-flashpro-tier"] == "pro"
     assert pinned.headers["x-flashpro-rule"] == "pinned:pro"
-    assert [body["model"] for body in chat_bodies(sim)] == ["deepseek-v4-flash", "deepseek-v4-pro"]
+    assert [body["model"] for body in chat_bodies(sim)] == ["deepseek-flash", "deepseek-v4-pro"]
 
 
 def test_reasoning_is_surfaced_as_a_reasoning_item(flashpro: str) -> None:
@@ -481,3 +481,21 @@ def test_a_codex_session_turn_streams_and_loops(flashpro: str, sim: RunningSimul
     assert answer["status"] == "completed"
     assert [item["type"] for item in answer["output"]][-1] == "message"
     assert [m["role"] for m in chat_bodies(sim)[-1]["messages"]][-2:] == ["assistant", "tool"]
+
+
+def test_route_explains_a_responses_body_as_its_chat_twin(
+    flashpro: str, sim: RunningSimulator
+) -> None:
+    prompt = "Prove that there are infinitely many primes."
+    chat = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+    twin = httpx.post(flashpro + "/v1/route", json=chat, timeout=10).json()
+    explained = httpx.post(
+        flashpro + "/v1/route", json={"model": "auto", "input": prompt}, timeout=10
+    ).json()
+    assert explained["tier"] == twin["tier"] and explained["score"] == twin["score"]
+    assert explained["prompt_tokens"] == twin["prompt_tokens"]
+    unknown = {"model": "auto", "input": "x", "previous_response_id": "resp_nope"}
+    refused = httpx.post(flashpro + "/v1/route", json=unknown, timeout=10)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "previous_response_not_found"
+    assert not [r for r in sim.requests() if r.path.endswith("/chat/completions")]

@@ -119,18 +119,16 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return
-        heading = self.phase == "head"
-        if heading:
+        if self.phase == "head":
             self.head_bytes += len(data)
         super().data_received(data)  # a head over the cap ends in `refuse` (HeadTooLarge)
         if self.transport.is_closing():
             return
-        if self.phase == "head":
-            if not heading:  # a new request began in this read
-                self.head_bytes = len(data)
-            if self.head_bytes > self.limits.max_header_bytes:
-                self.head_too_large()
-                return
+        # a head that began in this read is counted from the next one (on_message_begin zeroed
+        # it): this read may hold the end of an earlier body; one read is bounded anyway
+        if self.phase == "head" and self.head_bytes > self.limits.max_header_bytes:
+            self.head_too_large()
+            return
         if self.phase is not None and self.deadline is None:
             self.deadline = self.loop.call_later(self.phase_ends - self.loop.time(), self.expire)
 

@@ -214,7 +214,8 @@ class Metrics:
     `render` before it reads the files.
 
     Besides `request_done`, the resilience code reports through `fallback()` and
-    `breaker_state()`, and the controls through `budget_remaining()`.
+    `breaker_state()`, the upstream calls through `account_error()`, `tier_saturated()` and
+    `upstream_in_flight()`, and the controls through `budget_remaining()`.
     """
 
     def __init__(self, multiprocess: bool | None = None) -> None:
@@ -294,6 +295,27 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.account_errors = Counter(
+            "flashpro_upstream_account_errors",
+            "Upstream calls refused for the upstream account, not the request (reason: "
+            "insufficient_balance for DeepSeek's 402, auth for a refused key), by tier.",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.saturated = Counter(
+            "flashpro_upstream_saturated",
+            "Requests that found a tier at its max_concurrency past its queue_ms (moved to a "
+            "fallback tier or answered 503).",
+            ["tier"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "flashpro_upstream_in_flight",
+            "Upstream calls in flight per upstream model (this process; summed over workers).",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.budget = Gauge(
             "flashpro_budget_remaining_usd",
             "USD left in each budget (total and group scopes; keys are not labelled).",
@@ -370,6 +392,17 @@ class Metrics:
     def breaker_state(self, tier: str, state: str) -> None:
         """A tier's circuit breaker changed state: closed, half_open or open."""
         self.breaker.labels(tier).set(BREAKER_STATES[state])
+
+    def account_error(self, tier: str, reason: str) -> None:
+        """An upstream call was refused for the account (no balance, refused key)."""
+        self.account_errors.labels(tier, reason).inc()
+
+    def tier_saturated(self, tier: str) -> None:
+        """A request waited past a tier's queue_ms at its max_concurrency."""
+        self.saturated.labels(tier).inc()
+
+    def upstream_in_flight(self, model: str, count: int) -> None:
+        self.in_flight.labels(model).set(count)
 
     def budget_remaining(self, spent: Sequence[Spent], every_scope: bool = False) -> None:
         """USD left per budget scope, from the spend a request was admitted under, or at a

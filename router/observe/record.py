@@ -55,11 +55,10 @@ def tenant_of(key: str | None, group: str | None) -> str:
 
 def baseline_cost(policy: Policy, usage: Usage, cost: float) -> float:
     """What `usage` would have cost on the policy's savings baseline tier (default `pro`)."""
-    tier = policy.tiers.get(policy.observability.savings_baseline_tier)
-    if tier is None:
+    baseline = policy.observability.savings_baseline_tier
+    if baseline not in policy.tiers:
         return cost
-    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
-    return cost_usd(usage, tier.prices) * factor
+    return cost_usd(usage, policy.prices_at(baseline, datetime.now(UTC)))
 
 
 def record_of(

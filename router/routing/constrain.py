@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from router.errors import BudgetExhausted, ModelNotFound
+from router.errors import BudgetExhausted, InvalidRequest, ModelNotFound
 from router.routing.decision import Decision, Thresholds
 from router.routing.latency import Profile, expected_latency_ms, profile_of
 from router.routing.limits import BudgetLimit
@@ -175,6 +175,34 @@ def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decisio
         return decision
     reason = f"{decision.reason}; {spent.scope} budget spent, downgraded to {target}"
     return retarget(policy, decision, target, rule=f"budget:{spent.scope}", reason=reason)
+
+
+def with_vision(
+    policy: Policy, decision: Decision, images: bool, group: str | None = None
+) -> Decision:
+    """A request with image parts goes to a tier that reads images: the routed tier if it does,
+    else the nearest one the caller may use (the cheaper on a tie). A pinned tier without
+    vision, or no such tier at all, is a 400: images are never dropped silently."""
+    if not images or policy.tiers[decision.tier].vision:
+        return decision
+    usable = [t for t in usable_tiers(policy, group) if policy.tiers[t].vision]
+    if decision.alias is None or not usable:
+        model = policy.tiers[decision.tier].model
+        where = (
+            f"Tier '{decision.tier}' ({model}) does not accept images"
+            if decision.alias is None
+            else "No tier of this policy that the caller may use accepts images"
+        )
+        raise InvalidRequest(
+            f"{where}, and the request has image parts. Route it through an alias to a tier "
+            "marked `vision: true`, or send text only.",
+            param="messages",
+            code="images_not_supported",
+        )
+    rank = policy.rank(decision.tier)
+    tier = min(usable, key=lambda t: (abs(policy.rank(t) - rank), policy.rank(t)))
+    reason = f"{decision.reason}; images need a vision tier: {tier}"
+    return retarget(policy, decision, tier, reason, rule="vision")
 
 
 def budget_exhausted(spent: Spent, now: float) -> BudgetExhausted:

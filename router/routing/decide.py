@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from router.errors import ModelNotFound, clip
 from router.routing.classify import Assessment
-from router.routing.constrain import NO_STATE, RoutingState, constrain, routed_model
+from router.routing.constrain import NO_STATE, RoutingState, constrain, routed_model, with_vision
 from router.routing.decision import Decision, RequestFacts, Thresholds
 from router.routing.policy import Condition, Policy, Rule
 
@@ -78,7 +78,8 @@ def decide(
     """
     model = routed_model(policy, facts.model, state)
     decision = _by_rules(policy, thresholds, facts, assessment, model)
-    return constrain(policy, thresholds, decision, state)
+    decision = constrain(policy, thresholds, decision, state)
+    return with_vision(policy, decision, facts.images, state.group)
 
 
 def _by_rules(
@@ -90,7 +91,11 @@ def _by_rules(
 ) -> Decision:
     alias, pinned = target_of(policy, model)
     if pinned is not None:
-        return _decision(policy, None, pinned, assessment, f"pinned:{pinned}", "model pinned")
+        reason = "model pinned"
+        if model in policy.tiers[pinned].deprecated_ids:
+            current = policy.tiers[pinned].model_name
+            reason = f"model pinned; deprecation: '{model}' is a retired id, use '{current}'"
+        return _decision(policy, None, pinned, assessment, f"pinned:{pinned}", reason)
     assert alias is not None
     steps = thresholds[alias]
     by_score, threshold_rule = steps.tier_for(assessment.score)

@@ -19,6 +19,7 @@ class RequestFacts:
     stream: bool = False
     prompt_tokens: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    images: bool = False  # a message carries an image part
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -33,6 +34,7 @@ def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: in
         stream=request.stream,
         prompt_tokens=prompt_tokens,
         headers=headers,
+        images=request.has_images(),
     )
 
 

@@ -16,16 +16,15 @@ from typing import Any, Final
 
 import orjson
 
+from router.simulator.faults import SimError, markers_in
 from router.simulator.text import (
     CHARS_PER_TOKEN,
     EFFORTS,
     ChatMessage,
     ChatRequest,
     Choice,
-    SimError,
     Tool,
     ToolCall,
-    _parse_markers,
     count_tokens,
 )
 
@@ -129,9 +128,15 @@ def parse_messages_request(body: object, known: Sequence[str]) -> MessagesCall:
             ),
             digest_size=16,
         ).digest(),
-        fault=_parse_markers(messages),
+        fault=_markers(messages),
     )
     return MessagesCall(request, missing)
+
+
+def _markers(messages: Sequence[ChatMessage]) -> Any:
+    """`[[sim:...]]` fault markers in the last user message, as on the chat format."""
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return markers_in(last_user.text) if last_user is not None else markers_in("")
 
 
 def _blocks(content: object, where: str) -> list[dict[str, Any]]:

@@ -14,11 +14,12 @@ import random
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
+import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
@@ -31,26 +32,26 @@ from router.simulator.anthropic import (
     parse_messages_request,
 )
 from router.simulator.anthropic import usage_json as message_usage_json
-from router.simulator.asgi import (
-    json_object,
-    paced_stream,
-    read_body,
-    request_headers,
+from router.simulator.faults import FaultSpec, SimError, parse_fault
+from router.simulator.kvcache import PrefixCache
+from router.simulator.pace import (
+    Queue,
     send_body,
     send_error,
     send_json,
+    send_queued,
+    stream,
+    with_empty,
 )
 from router.simulator.text import (
     ChatRequest,
     Choice,
-    FaultSpec,
-    SimError,
     check_context,
+    check_images,
     check_reasoning_passed_back,
     generate_choices,
     output_digest,
     parse_chat_request,
-    parse_fault,
 )
 from router.simulator.wire import completion_json, stream_events, usage_json
 
@@ -59,7 +60,6 @@ _CHAT_PATHS: Final = frozenset(
 )
 _MODEL_PATHS: Final = frozenset({"/models", "/v1/models"})
 _CHUNK_SECONDS: Final = 0.1  # stream pacing: one chunk per ~100 ms of generation at speed 1
-_PREFIX_CACHE_ENTRIES: Final = 200_000
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class ModelProfile:
     ttft_ms: float
     tokens_per_s: float
     max_context_tokens: int = 1_000_000
-    thinking_by_default: bool = True  # False only for the legacy non-thinking alias deepseek-chat
+    thinking_by_default: bool = True
+    vision: bool = False  # reads image parts (DeepSeek: the Flash ids, not Pro)
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.tokens_per_s <= 0 or self.max_context_tokens < 1:
@@ -86,6 +87,7 @@ class SimulatorConfig:
     seed: int = 0
     max_output_tokens: int = 400  # natural answer length is drawn from [12, this]
     max_recorded_requests: int = 10_000
+    keepalive_interval_s: float = 0.1  # between keep-alive lines while a request is "queued"
 
     def __post_init__(self) -> None:
         if self.speed < 0 or not 0 <= self.fault_rate <= 1 or self.max_output_tokens < 1:
@@ -95,14 +97,16 @@ class SimulatorConfig:
 
 
 def default_profiles() -> dict[str, ModelProfile]:
-    flash = ModelProfile(ttft_ms=300, tokens_per_s=60)
+    """The ids DeepSeek serves (pricing page checked 2026-11-30): `deepseek-flash` and
+    `deepseek-v4-pro`, plus the retired Flash ids it still accepts; `deepseek-chat` and
+    `deepseek-reasoner` were retired on 2026-07-24 and are unknown models now."""
+    flash = ModelProfile(ttft_ms=300, tokens_per_s=60, vision=True)
     pro = ModelProfile(ttft_ms=900, tokens_per_s=30)
     return {
         "deepseek-flash": flash,
         "deepseek-v4-flash": flash,
+        "deepseek-v4-flash-vision-exp": flash,
         "deepseek-v4-pro": pro,
-        "deepseek-chat": replace(flash, thinking_by_default=False),
-        "deepseek-reasoner": flash,
     }
 
 
@@ -125,24 +129,16 @@ class _QueuedFault:
 
 @dataclass(frozen=True)
 class _Answer:
-    """A request's answers and how fast they come."""
+    """A request's answers, and how (and how fast) they go out."""
 
     choices: tuple[Choice, ...]
     prompt_tokens: int
     hit: int  # prompt tokens found in the prefix cache
     fault: FaultSpec
+    queue: Queue
     ttft_s: float
     per_token_s: float
     chunk_tokens: int  # tokens per stream event
-
-    @property
-    def whole_s(self) -> float:
-        """How long a whole (non-streamed) answer takes."""
-        return self.ttft_s + max(c.completion_tokens() for c in self.choices) * self.per_token_s
-
-    @property
-    def drops(self) -> bool:
-        return self.fault.disconnect_after is not None
 
     async def stream(
         self,
@@ -151,8 +147,21 @@ class _Answer:
         send: Send,
         last: bytes = b"data: [DONE]\n\n",
     ) -> None:
-        after = self.fault.disconnect_after
-        await paced_stream(events, self.ttft_s, self.per_token_s, after, receive, send, last)
+        paced = with_empty(events, self.fault.empty_events or 0)
+        await stream(
+            paced, self.ttft_s, self.per_token_s, self.fault, self.queue, receive, send, last
+        )
+
+    async def send(self, body: bytes, send: Send) -> None:
+        """A whole answer, after the keep-alive lines of a queued request."""
+        if self.queue.ms:
+            await send_queued(send, self.queue)
+        longest = max(c.completion_tokens() for c in self.choices)
+        await asyncio.sleep(self.ttft_s + longest * self.per_token_s)
+        if self.queue.ms:  # the head and the blank lines are out: the body follows them
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send_body(send, 200, body, drop=self.fault.disconnect_after is not None)
 
 
 class SimulatorApp:
@@ -163,7 +172,7 @@ class SimulatorApp:
         # Mutated only on the event loop; the lock guards the log, which tests read from outside.
         self._recorded: deque[RecordedRequest] = deque(maxlen=config.max_recorded_requests)
         self._lock = threading.Lock()
-        self._prefixes: OrderedDict[bytes, None] = OrderedDict()  # DeepSeek's prefix cache
+        self._prefixes = PrefixCache()  # DeepSeek's context cache on disk
         self._faults: list[_QueuedFault] = []
         self._stats: Counter[tuple[str, str]] = Counter()  # (model, status or "disconnect")
         self._rng = random.Random(config.seed)
@@ -183,7 +192,7 @@ class SimulatorApp:
             return
         path: str = scope["path"].rstrip("/") or "/"
         method: str = scope["method"]
-        raw = await read_body(receive)
+        raw = await _read_body(receive)
         if path.startswith("/_sim/"):
             await self._control(method, path, raw, send)
             return
@@ -191,8 +200,8 @@ class SimulatorApp:
         if path not in _CHAT_PATHS and path not in _MODEL_PATHS and not anthropic:
             await send_error(send, SimError(404, f"Not Found: {path}"))
             return
-        headers = request_headers(scope)
-        body = json_object(raw)
+        headers = _headers(scope)
+        body = _json_object(raw)
         with self._lock:
             self._recorded.append(RecordedRequest(method, path, headers, body))
         expected = "GET" if path in _MODEL_PATHS else "POST"
@@ -239,8 +248,7 @@ class SimulatorApp:
             events = stream_events(request, choices, usage, answer.chunk_tokens)
             await answer.stream(events, receive, send)
             return
-        await asyncio.sleep(answer.whole_s)
-        await send_body(send, 200, completion_json(request, choices, usage), drop=answer.drops)
+        await answer.send(completion_json(request, choices, usage), send)
 
     async def _messages(self, body: dict[str, Any] | None, receive: Receive, send: Send) -> None:
         """The Anthropic format: the chat model's answer as a message or its stream events."""
@@ -258,9 +266,7 @@ class SimulatorApp:
             events = message_events(request.model, choice, usage, answer.chunk_tokens)
             await answer.stream(events, receive, send, last=b"")
             return
-        await asyncio.sleep(answer.whole_s)
-        message = message_json(request.model, choice, usage)
-        await send_body(send, 200, message, drop=answer.drops)
+        await answer.send(message_json(request.model, choice, usage), send)
 
     async def _answer(self, request: ChatRequest, thinking_check: Callable[[], None]) -> _Answer:
         """What both formats share: the model, faults, DeepSeek's checks (`thinking_check` runs
@@ -268,6 +274,7 @@ class SimulatorApp:
         profile = self.config.profiles.get(request.model)
         if profile is None:
             raise SimError(400, "Model Not Exist")
+        check_images(request, profile.vision)
         fault = self._fault(request)
         if fault.delay_ms:
             await asyncio.sleep(fault.delay_ms / 1000)
@@ -282,7 +289,7 @@ class SimulatorApp:
         choices = generate_choices(
             request, thinking=thinking, max_output_tokens=self.config.max_output_tokens
         )
-        hit = self._prefix_cache_hit(prefixes, choices[0])
+        hit = self._prefixes.lookup(prefixes, output_digest(prefixes[-1][0], choices[0]))
         scale = self.config.speed * (fault.slow or 1.0)
         self._count(request.model, "200" if fault.disconnect_after is None else "disconnect")
         return _Answer(
@@ -290,6 +297,7 @@ class SimulatorApp:
             prompt_tokens,
             hit,
             fault,
+            Queue(fault.queue_ms or 0.0, self.config.keepalive_interval_s),
             ttft_s=profile.ttft_ms / 1000 * scale,
             per_token_s=scale / profile.tokens_per_s,
             chunk_tokens=max(1, round(profile.tokens_per_s * _CHUNK_SECONDS)),
@@ -313,17 +321,6 @@ class SimulatorApp:
                 return queued.spec
         return None
 
-    def _prefix_cache_hit(self, prefixes: Sequence[tuple[bytes, int]], answer: Choice) -> int:
-        """Tokens of the longest cached prefix; then persist this request's prefixes and output."""
-        cache = self._prefixes
-        hit = next((tokens for digest, tokens in reversed(prefixes) if digest in cache), 0)
-        for digest in (*(d for d, _ in prefixes), output_digest(prefixes[-1][0], answer)):
-            cache[digest] = None
-            cache.move_to_end(digest)
-        while len(cache) > _PREFIX_CACHE_ENTRIES:
-            cache.popitem(last=False)
-        return hit
-
     def _count(self, model: object, outcome: str) -> None:
         self._stats[(model if isinstance(model, str) else "", outcome)] += 1
 
@@ -338,7 +335,7 @@ class SimulatorApp:
             await send_json(send, 200, self._stats_json())
         elif path == "/_sim/faults" and method == "POST":
             try:
-                queued = _queued(json_object(raw))
+                queued = _queued(_json_object(raw))
             except SimError as error:
                 await send_error(send, error)
                 return
@@ -368,6 +365,32 @@ def _queued(body: dict[str, Any] | None) -> _QueuedFault:
 
 def create_simulator_app(config: SimulatorConfig) -> SimulatorApp:
     return SimulatorApp(config)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class RunningSimulator:

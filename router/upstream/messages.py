@@ -9,12 +9,16 @@ go upstream; thinking blocks and tool use come back as DeepSeek sent them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from router.errors import UpstreamError
 from router.routing.cost import Usage
+from router.routing.policy import Tier
+from router.schemas_anthropic import MessagesRequest
+from router.upstream.base import UpstreamCall
 
 MESSAGES_PATH = "/v1/messages"
 DEFAULT_ANTHROPIC_API_BASE = "https://api.deepseek.com/anthropic"
@@ -24,6 +28,22 @@ COMPLETE_STOPS = frozenset({"end_turn", "tool_use", "stop_sequence"})
 # What DeepSeek accepts in place of a missing thinking block (it answers 400 when a tool-use
 # turn comes back without one while thinking is on, e.g. after a turn served with thinking off).
 EMPTY_THINKING: dict[str, str] = {"type": "thinking", "thinking": "", "signature": ""}
+
+
+def messages_call(
+    tier: Tier,
+    request: MessagesRequest,
+    api_base: str | None,
+    api_key: str | None,
+    user_id: str | None,
+) -> UpstreamCall:
+    """The call relaying a Messages body to `tier` in Anthropic format; `user_id` (the caller's
+    tenant hash) goes as `metadata.user_id`, where DeepSeek's Anthropic API reads it."""
+    fields = request.upstream_fields()
+    if user_id is not None:
+        fields["metadata"] = {"user_id": user_id}
+    call = UpstreamCall.to_tier(tier, request.upstream_messages(), fields, api_base, api_key)
+    return replace(call, api_base=api_base, wire="messages")
 
 
 def messages_body(

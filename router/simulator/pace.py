@@ -1,33 +1,67 @@
-"""The simulator's raw ASGI I/O: read a request, send JSON or an error, pace a stream of
-server-sent events at a model's speed. I/O."""
+"""Send the simulated DeepSeek's answers as a real server does: at the model's pace, after a
+"queued" wait with keep-alive lines, with the faults a test asked for. Does I/O (ASGI sends)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
 
-from router.simulator.text import SimError
+from router.simulator.faults import FaultSpec, SimError
 
 _JSON: Final = (b"content-type", b"application/json")
 
 
-async def paced_stream(
+@dataclass(frozen=True)
+class Queue:
+    """A request "queued" for capacity: DeepSeek keeps the connection open and sends blank lines
+    (non-stream) or `: keep-alive` comments (stream) until inference starts
+    (api-docs.deepseek.com/quick_start/rate_limit)."""
+
+    ms: float
+    interval_s: float
+
+    async def wait(self, send: Send, line: bytes) -> None:
+        deadline = asyncio.get_running_loop().time() + self.ms / 1000
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+            await asyncio.sleep(min(self.interval_s, left))
+
+
+async def send_queued(send: Send, queue: Queue) -> None:
+    """The head of a non-streamed answer (no length: blank lines come first), then the lines."""
+    await send({"type": "http.response.start", "status": 200, "headers": [_JSON]})
+    await queue.wait(send, b"\n")
+
+
+def with_empty(events: Iterator[tuple[bytes, int]], count: int) -> Iterator[tuple[bytes, int]]:
+    """The events with `count` empty `data:` events after the first one."""
+    for sent, event in enumerate(events):
+        yield event
+        if sent == 0:
+            yield from ((b"data: \n\n", 0) for _ in range(count))
+
+
+async def stream(
     events: Iterator[tuple[bytes, int]],
     ttft_s: float,
     per_token_s: float,
-    disconnect_after: int | None,
+    fault: FaultSpec,
+    queue: Queue,
     receive: Receive,
     send: Send,
     last: bytes = b"data: [DONE]\n\n",
 ) -> None:
     """Send SSE events at the model's pace, then `last` (chat streams end with `[DONE]`,
     Anthropic ones with their own `message_stop` event); stop early if the client goes away."""
+    disconnect_after = fault.disconnect_after
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await queue.wait(send, b": keep-alive\n\n")
     client_gone = asyncio.ensure_future(receive())  # resolves on http.disconnect
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ttft_s
@@ -48,32 +82,6 @@ async def paced_stream(
         await send({"type": "http.response.body", "body": b"".join(due)})
     finally:
         client_gone.cancel()
-
-
-async def read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(parts)
-
-
-def request_headers(scope: Scope) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
-
-
-def json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 async def send_json(send: Send, status: int, payload: object) -> None:
