@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         gt=0,
         description="From the end of a request's headers to the end of its body (408 past it).",
     )
+    write_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a client may leave its answer unread (flashpro's writes paused) "
+        "before it is dropped.",
+    )
     max_connections: int = Field(
         default=4096, ge=1, description="Open client connections per process; past it, 503."
     )
