@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     deepseek_api_base: str | None = Field(
         default=None, validation_alias=AliasChoices("DEEPSEEK_API_BASE")
     )
+    deepseek_anthropic_api_base: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPSEEK_ANTHROPIC_API_BASE"),
+        description="Anthropic-format base URL for /v1/messages; None = DeepSeek's.",
+    )
     simulated: bool = Field(default=False, description="The upstream is the simulator.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(
