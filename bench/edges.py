@@ -4,6 +4,9 @@ starts the simulated DeepSeek and the two servers, drives wrk and raw sockets.
 
 Run: python bench/edges.py [--seconds 6] [--rounds 2] [--baseline ../main]
 
+0. protocol CPU: in this process, each protocol fed 20,000 keep-alive requests over a stub
+   transport, answered by a two-byte ASGI app: CPU µs per request (thread time, robust to a
+   busy machine), five rounds each, medians.
 1. throughput: wrk, 8 keep-alive connections, a different flash question each request, the
    simulator at speed 0; the two servers take turns `--rounds` times; req/s, p50 and CPU per
    request, and the ratio bounded / stock of the medians.
@@ -16,6 +19,7 @@ Run: python bench/edges.py [--seconds 6] [--rounds 2] [--baseline ../main]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -24,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -71,6 +76,73 @@ def server(kind: str, upstream: str, root: Path = ROOT) -> Iterator[tuple[str, i
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, process, "/healthz")
         yield url, process.pid
+
+
+class StubTransport(asyncio.Transport):
+    """Takes the answers and drops them; a loopback peer for the protocol CPU measurement."""
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def two_bytes(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def protocol_cpu_us(kind: str, requests: int = 20_000) -> float:
+    """CPU µs per request of uvicorn's stock httptools protocol or the bounded one."""
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from router.http.server import BoundedHttpTools, FlashproConfig
+
+    loop = asyncio.new_event_loop()
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False}
+    config = (
+        uvicorn.Config(two_bytes, http="httptools", **options)
+        if kind == "stock"
+        else FlashproConfig(two_bytes, **options)
+    )
+    config.load()
+    protocol_class = HttpToolsProtocol if kind == "stock" else BoundedHttpTools
+    state = ServerState()
+    protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+    protocol.connection_made(StubTransport())
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nuser-agent: bench\r\n"
+    request = head + b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+    async def drive() -> None:
+        for _ in range(requests):
+            protocol.data_received(request)
+            while state.tasks:
+                await asyncio.sleep(0)
+
+    started = time.thread_time()
+    loop.run_until_complete(drive())
+    spent = time.thread_time() - started
+    protocol.connection_lost(None)
+    loop.close()
+    return spent / requests * 1e6
 
 
 def throughput(url: str, pid: int, seconds: float) -> tuple[float, float, float]:
@@ -154,6 +226,17 @@ def main() -> int:
         serve(args.serve, args.port)
         return 0
     os.chdir(ROOT)
+    cpu: dict[str, list[float]] = {"stock": [], "bounded": []}
+    for _ in range(5):
+        for kind in cpu:
+            cpu[kind].append(protocol_cpu_us(kind))
+    for kind, runs in cpu.items():
+        shown = " ".join(f"{us:.1f}" for us in runs)
+        print(
+            f"{kind:8} protocol CPU per request: {shown} µs (median {statistics.median(runs):.1f})"
+        )
+    added = statistics.median(cpu["bounded"]) - statistics.median(cpu["stock"])
+    print(f"the bounded protocol adds {added:.1f} µs of CPU per request")
     sim_port = free_port()
     sim = [PYTHON, "-m", "router", "simulate-upstream", "--port", str(sim_port), "--speed", "0"]
     sim += ["--api-key", KEY]

@@ -481,3 +481,21 @@ def test_a_codex_session_turn_streams_and_loops(flashpro: str, sim: RunningSimul
     assert answer["status"] == "completed"
     assert [item["type"] for item in answer["output"]][-1] == "message"
     assert [m["role"] for m in chat_bodies(sim)[-1]["messages"]][-2:] == ["assistant", "tool"]
+
+
+def test_route_explains_a_responses_body_as_its_chat_twin(
+    flashpro: str, sim: RunningSimulator
+) -> None:
+    prompt = "Prove that there are infinitely many primes."
+    chat = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+    twin = httpx.post(flashpro + "/v1/route", json=chat, timeout=10).json()
+    explained = httpx.post(
+        flashpro + "/v1/route", json={"model": "auto", "input": prompt}, timeout=10
+    ).json()
+    assert explained["tier"] == twin["tier"] and explained["score"] == twin["score"]
+    assert explained["prompt_tokens"] == twin["prompt_tokens"]
+    unknown = {"model": "auto", "input": "x", "previous_response_id": "resp_nope"}
+    refused = httpx.post(flashpro + "/v1/route", json=unknown, timeout=10)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "previous_response_not_found"
+    assert not [r for r in sim.requests() if r.path.endswith("/chat/completions")]

@@ -47,5 +47,6 @@ def test_stats_shows_whole_request_ids_and_what_the_hit_rate_is_over(
 
 
 def test_stats_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert main(["stats", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flashpro: cannot read") and err.count("\n") == 1

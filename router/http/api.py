@@ -1,6 +1,7 @@
-"""HTTP edge: the endpoints besides chat completions (router/http/chat.py): route explanation, the
-model list and health checks. With `auth.required` each takes a key (`/healthz` excepted): a
-client key for /v1/route, a monitoring key for /readyz, either for /v1/models. I/O."""
+"""HTTP edge: the endpoints besides the proxied ones (router/http/chat.py, responses.py): route
+explanation (of a chat or a Responses body), the model list and health checks. With
+`auth.required` each takes a key (`/healthz` excepted): a client key for /v1/route, a monitoring
+key for /readyz, either for /v1/models. I/O."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import Response
 
 from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
+from router.http.responses import is_responses_body
 from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
 
@@ -41,10 +43,15 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_chat(request: Request) -> ChatRequest:
-    """Read and validate a chat body (the same reader and limits as the chat endpoint's)."""
+async def read_routable(request: Request, deps: Deps) -> ChatRequest:
+    """Read and validate a chat body, or a Responses body as the chat request it becomes (the
+    same readers and limits as those endpoints')."""
     settings = request.app.state.settings
-    body = await read_body(request.receive, lower_headers(request), settings.max_body_bytes)
+    given = lower_headers(request)
+    body = await read_body(request.receive, given, settings.max_body_bytes)
+    if is_responses_body(body):
+        chat: ChatRequest = await request.app.responses.routable(deps, given, body)
+        return chat
     return parse_chat(body, settings.max_json_depth)
 
 
@@ -52,9 +59,8 @@ async def read_chat(request: Request) -> ChatRequest:
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
-    chat = await read_chat(request)
-    given = lower_headers(request)
-    routed = await preview(deps, chat, given)
+    chat = await read_routable(request, deps)
+    routed = await preview(deps, chat, lower_headers(request))
     decision = routed.decision
     body = {
         "alias": decision.alias,

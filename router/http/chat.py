@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from router.errors import (
     FlashproError,
@@ -32,7 +33,7 @@ from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     clip,
-    internal_error_envelope,
+    internal_error,
 )
 from router.http.body import MAX_JSON_DEPTH, loads
 from router.http.streaming import ClientLink, sse
@@ -118,19 +119,29 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         parts.append(part)
 
 
-def parse_json(body: bytes, model: type[M], max_depth: int = MAX_JSON_DEPTH) -> M:
-    """Validate a JSON body as `model`; every problem becomes a 400 in OpenAI's format (nesting
-    deeper than `max_depth` included), echoing at most a bounded part of the client's input."""
+def first_error(errors: list[ErrorDetails]) -> ErrorDetails:
+    return errors[0]
+
+
+def parse_json(
+    body: bytes,
+    model: type[M],
+    max_depth: int = MAX_JSON_DEPTH,
+    pick: Callable[[list[ErrorDetails]], ErrorDetails] = first_error,
+) -> M:
+    """Validate a JSON body as `model`; every problem becomes a 400 naming the field (the error
+    `pick` chooses among pydantic's; nesting deeper than `max_depth` included), echoing at most
+    a bounded part of the client's input."""
     data = loads(body, max_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = pick(exc.errors(include_url=False))
         param = clip(".".join(str(p) for p in error["loc"])) or None
-        message = f"Invalid value for '{param}': {clip(error['msg'])}"
-        raise InvalidRequest(message, param=param) from None
+        reason = clip(str(error["msg"]).removeprefix("Value error, "))
+        raise InvalidRequest(f"Invalid value for '{param}': {reason}", param=param) from None
 
 
 def parse_chat(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ChatRequest:
@@ -239,6 +250,7 @@ class Exchange:
     deps: Deps
     request_id: str
     routed: Routed | None = None
+    api: str = "chat"  # the front door, for metrics and logs
     link: ClientLink | None = None  # the client, watched once its body is read
 
     def gone(self) -> bool:
@@ -246,40 +258,62 @@ class Exchange:
         return self.link is not None and self.link.gone
 
 
-async def serve(exchange: Exchange, send: Send, handle: Awaitable[None]) -> None:
-    """Run an edge's handler; a failure becomes one observation and one OpenAI-format error
-    (the last-resort handler logs and answers a generic 500 without the cause). A client that
-    disconnects cancels the handler (once it watches the client): the pipeline records what
-    it charged, and nothing more is sent."""
-    deps, rid = exchange.deps, exchange.request_id
+# How an edge renders an error: (the error, the request id) -> body. OpenAI's envelope unless
+# the edge speaks another format (router/http/messages.py).
+ErrorBody = Callable[[FlashproError, str], dict[str, Any]]
+
+
+def openai_error(error: FlashproError, request_id: str) -> dict[str, Any]:
+    return error.envelope()
+
+
+async def serve(
+    exchange: Exchange,
+    send: Send,
+    handle: Awaitable[None],
+    error_body: ErrorBody = openai_error,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Run an edge's handler; a failure becomes one observation and one error in the edge's
+    format, with `headers` added (the last-resort handler logs and answers a generic 500
+    without the cause). A client that disconnects cancels the handler (once it watches the
+    client): the pipeline records what it charged, and nothing more is sent."""
+    deps, rid, api = exchange.deps, exchange.request_id, exchange.api
+    out = {**(headers or {}), "x-flashpro-request-id": rid}
     try:
         await handle
     except ClientGone:
-        observe(deps, exchange.routed, request_id=rid, status=499, error="client_disconnected")
+        observe(
+            deps, exchange.routed, request_id=rid, status=499, error="client_disconnected", api=api
+        )
     except FlashproError as exc:
-        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=exc.code or "error")
+        error = exc.code or "error"
+        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=error, api=api)
         if exc.status >= 500:
             log.warning("request %s failed: %s", rid, exc.message)
-        await _failed(exchange, send, exc, {**exc.headers, "x-flashpro-request-id": rid})
+        await _failed(exchange, send, exc, error_body(exc, rid), {**exc.headers, **out})
     except asyncio.CancelledError:
         link = exchange.link
         if link is None or not link.left():
             raise  # the server is shutting down
         if exchange.routed is None:  # else the pipeline recorded it, with what it charged
-            observe(deps, None, request_id=rid, status=499, error="client_disconnected")
+            observe(deps, None, request_id=rid, status=499, error="client_disconnected", api=api)
     except Exception as exc:
         log.exception("request %s: unexpected error", rid, exc_info=exc)
-        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error")
-        envelope = internal_error_envelope(rid)
-        error = FlashproError(envelope["error"]["message"], code="internal_error")
-        await _failed(exchange, send, error, {"x-flashpro-request-id": rid})
+        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error", api=api)
+        internal = internal_error(rid)
+        await _failed(exchange, send, internal, error_body(internal, rid), out)
     finally:
         if exchange.link is not None:
             exchange.link.close()
 
 
 async def _failed(
-    exchange: Exchange, send: Send, error: FlashproError, headers: Mapping[str, str]
+    exchange: Exchange,
+    send: Send,
+    error: FlashproError,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
 ) -> None:
     """The error as a status, or as an event when a stream was committed already (the
     upstream kept it queued, and the client got keep-alives)."""
@@ -289,7 +323,7 @@ async def _failed(
         if link.started:
             await link.fail(error)
             return
-    await send_json(send, error.status, error.envelope(), headers)
+    await send_json(send, error.status, body, headers)
 
 
 class ChatEndpoint:

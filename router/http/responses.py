@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound
+from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound, clip
+from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
     Exchange,
     Receive,
@@ -55,9 +56,18 @@ def is_responses_path(path: str) -> bool:
     return path == RESPONSES_PATH or path.startswith(_RETRIEVE_PREFIX)
 
 
-def parse_responses(body: bytes) -> ResponsesRequest:
+def is_responses_body(body: bytes) -> bool:
+    """Whether a JSON body is in the Responses format (`input`, no `messages`)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "input" in data and "messages" not in data
+
+
+def parse_responses(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ResponsesRequest:
     """Validate a Responses body; every problem becomes a 400 in OpenAI's format."""
-    return parse_json(body, ResponsesRequest)
+    return parse_json(body, ResponsesRequest, max_depth)
 
 
 def chat_of(body: dict[str, Any]) -> ChatRequest:
@@ -95,14 +105,18 @@ def event_bytes(event: Mapping[str, Any]) -> bytes:
 class ResponsesEndpoint:
     """`/v1/responses` and `/v1/responses/{id}` as an ASGI callable."""
 
-    def __init__(self, deps_of: Callable[[], Deps], max_body_bytes: int) -> None:
+    def __init__(
+        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+    ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
+        self.max_depth = max_json_depth
         self.bridge = ResponsesBridge()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        exchange = Exchange(self.deps_of(), request_id_for(headers.get("x-request-id")))
+        rid = request_id_for(headers.get("x-request-id"))
+        exchange = Exchange(self.deps_of(), rid, api="responses")
         path = scope["path"]
         allowed = "POST" if path == RESPONSES_PATH else "GET"
         if scope["method"] != allowed:
@@ -119,11 +133,11 @@ class ResponsesEndpoint:
     ) -> None:
         deps, rid = exchange.deps, exchange.request_id
         body = await read_body(receive, headers, self.max_body_bytes)
-        request = parse_responses(body)
+        request = parse_responses(body, self.max_depth)
         namespace = namespace_for(deps, headers)
         history = await self._history(deps, namespace, request)
         chat = chat_of(self.bridge.to_chat(request, history))
-        routed = exchange.routed = await admit(deps, chat, headers, rid)
+        routed = exchange.routed = await admit(deps, chat, headers, rid, api="responses")
         plan = cache_plan(deps, routed, headers)
         response_id = new_response_id()
         if request.stream:
@@ -146,7 +160,7 @@ class ResponsesEndpoint:
         deps = exchange.deps
         stored = await deps.responses.get(namespace_for(deps, headers), response_id)
         if stored is None:
-            raise RouteNotFound(f"No response found with id '{response_id}'.")
+            raise RouteNotFound(f"No response found with id '{clip(response_id)}'.")
         await send_json(send, 200, stored.response, {"x-flashpro-request-id": exchange.request_id})
 
     async def _history(
@@ -196,6 +210,12 @@ class ResponsesEndpoint:
             return
         if events.completed is not None:
             await self._keep(deps, namespace, request, history, events.completed)
+
+    async def routable(self, deps: Deps, headers: Mapping[str, str], body: bytes) -> ChatRequest:
+        """A Responses body as the chat request it would be routed as (POST /v1/route)."""
+        request = parse_responses(body, self.max_depth)
+        history = await self._history(deps, namespace_for(deps, headers), request)
+        return chat_of(self.bridge.to_chat(request, history))
 
 
 async def _refuse(allow: str) -> None:

@@ -11,6 +11,8 @@ before any ASGI work:
 * a head deadline (from the connection's start or a request's first byte to the end of its
   head) and a body deadline (from the end of the head to the end of the body): a request that
   misses one is answered 408 and dropped (slowloris);
+* a write deadline: a client that reads nothing of its answer for `write_timeout_s` while
+  flashpro has more to send (a slow reader) is dropped, and its request sees it gone;
 * a cap on open connections: past it, a new connection gets a 503 and is closed at once;
 * uvicorn's own "Invalid HTTP request" 400 rendered in OpenAI's error format.
 
@@ -48,6 +50,7 @@ class EdgeLimits:
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    write_timeout_s: float = 60.0
     max_connections: int = 4096
 
 
@@ -56,6 +59,7 @@ def edge_limits(settings: Settings) -> EdgeLimits:
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
         max_connections=settings.max_connections,
     )
 
@@ -94,11 +98,13 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.lingering = False  # answered and half-closed: the client's bytes are dropped
         self.refusal: bytes | None = None  # due once the earlier requests are answered
+        self.write_stall: asyncio.TimerHandle | None = None  # armed while writes are paused
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.refuse(
+            self.phase = None  # no lingering here: the connection goes at once
+            self.transport.write(
                 error_response(
                     503,
                     "Service Unavailable",
@@ -106,31 +112,48 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "too_many_connections",
                 )
             )
+            self.transport.close()
             return
         self.phase_ends = self.loop.time() + self.limits.header_timeout_s
         self.deadline = self.loop.call_later(self.limits.header_timeout_s, self.expire)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        for timer in (self.deadline, self.write_stall):
+            if timer is not None:
+                timer.cancel()
+        self.deadline = self.write_stall = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.write_stall is None:
+            self.write_stall = self.loop.call_later(self.limits.write_timeout_s, self.stalled)
+
+    def resume_writing(self) -> None:
+        if self.write_stall is not None:
+            self.write_stall.cancel()
+            self.write_stall = None
+        super().resume_writing()
+
+    def stalled(self) -> None:
+        """The client has read nothing for `write_timeout_s`: drop it at once (`abort`, since
+        `close` would wait for the unread answer to drain)."""
+        self.write_stall = None
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return
-        heading = self.phase == "head"
-        if heading:
+        if self.phase == "head":
             self.head_bytes += len(data)
         super().data_received(data)  # a head over the cap ends in `refuse` (HeadTooLarge)
         if self.transport.is_closing():
             return
-        if self.phase == "head":
-            if not heading:  # a new request began in this read
-                self.head_bytes = len(data)
-            if self.head_bytes > self.limits.max_header_bytes:
-                self.head_too_large()
-                return
+        # a head that began in this read is counted from the next one (on_message_begin zeroed
+        # it): this read may hold the end of an earlier body; one read is bounded anyway
+        if self.phase == "head" and self.head_bytes > self.limits.max_header_bytes:
+            self.head_too_large()
+            return
         if self.phase is not None and self.deadline is None:
             self.deadline = self.loop.call_later(self.phase_ends - self.loop.time(), self.expire)
 

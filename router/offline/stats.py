@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,7 +112,7 @@ def run_stats(args: argparse.Namespace) -> int:
         response = httpx.get(url, timeout=10.0)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        Console(stderr=True).print(f"flashpro stats: cannot read {url}: {exc}")
-        return 1
+        print(f"flashpro: cannot read {url}: {exc}", file=sys.stderr)  # one line, unwrapped
+        return 2
     render(response.json(), console, args.recent)
     return 0

@@ -15,6 +15,7 @@ from router.routing.decide import resolve_thresholds
 from router.routing.decision import Decision, Thresholds
 from router.routing.policy import Policy
 from router.schemas import ChatRequest
+from router.schemas_anthropic import MessagesRequest
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Routing:
     version: str
     thresholds: Mapping[str, Thresholds]
     keys: Mapping[str, str | None]  # api_key_env name -> key
+    # (tier, default base URL) -> upstream identity: computed once per routing, not per request
+    _identities: dict[tuple[str, str | None], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -41,9 +46,13 @@ class Routing:
         """Which upstream answers for `tier`: a hash of its base URL and account key (never the
         key itself). Cached answers, spend and budgets are kept per upstream, so a simulated and
         a real flashpro sharing one Redis never serve or charge each other."""
-        spec = self.policy.tiers[tier]
-        base = spec.api_base or default_base
-        return upstream_identity(base, self.keys.get(spec.api_key_env))
+        known = self._identities.get((tier, default_base))
+        if known is None:
+            spec = self.policy.tiers[tier]
+            base = spec.api_base or default_base
+            known = upstream_identity(base, self.keys.get(spec.api_key_env))
+            self._identities[(tier, default_base)] = known
+        return known
 
     def upstreams(self, default_base: str | None) -> str:
         """One identity for every upstream the policy's tiers call (budgets, share window)."""
@@ -65,7 +74,10 @@ def upstream_identity(api_base: str | None, api_key: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """A request with its routing decision (and the routing that made it, kept for the call)."""
+    """A request with its routing decision (and the routing that made it, kept for the call).
+
+    `request` is what routing reads; a front door whose body is relayed in another format
+    (the Messages door) keeps that body beside it, and the pipeline sends it instead."""
 
     request: ChatRequest
     assessment: Assessment
@@ -75,6 +87,8 @@ class Routed:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     request_id: str = ""
     admitted_at: float = field(default_factory=time.monotonic)
+    api: str = "chat"  # the front door: chat, messages or responses (metrics and logs)
+    anthropic: MessagesRequest | None = None  # a Messages body, relayed in Anthropic format
 
 
 class RoutingHolder:

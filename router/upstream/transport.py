@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.request import getproxies, proxy_bypass
@@ -33,6 +33,15 @@ from router.upstream.base import (
     transport_failure,
 )
 from router.upstream.client import ClientLimits, HttpClient, Response, first_byte_timeout
+from router.upstream.messages import (
+    DEFAULT_ANTHROPIC_API_BASE,
+    MESSAGES_PATH,
+    event_usage,
+    messages_body,
+    parse_event,
+    parse_message,
+    usage_of,
+)
 from router.upstream.sse import EventDecoder, EventStreamError
 
 Transport = Literal["direct", "litellm"]
@@ -145,7 +154,7 @@ class DirectUpstream:
     _http: HttpClient | None = field(default=None, init=False, repr=False)
     # per base URL: the proxy to use (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once)
     _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
-    _headers: dict[tuple[str | None, bool], dict[str, str]] = field(
+    _headers: dict[tuple[str | None, bool, str], dict[str, str]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -160,14 +169,27 @@ class DirectUpstream:
         """Send the call and wait for the answer's head. A stream's deadlines are kept by the
         client (aiohttp's `total`, the first event by `first_byte_at`); a whole answer's by the
         caller, with one timer."""
-        body = orjson.dumps(request_body(call, stream=stream))
-        base = (call.api_base or self.default_api_base).rstrip("/")
+        if call.wire == "messages":  # Anthropic format, to the tier's Anthropic base URL
+            shaped = messages_body(
+                call.model,
+                call.messages,
+                call.params,
+                call.thinking,
+                call.reasoning_effort,
+                stream=stream,
+            )
+            base, path = call.api_base or DEFAULT_ANTHROPIC_API_BASE, MESSAGES_PATH
+        else:
+            shaped = request_body(call, stream=stream)
+            base, path = call.api_base or self.default_api_base, "/chat/completions"
+        body = orjson.dumps(shaped)
+        base = base.rstrip("/")
         try:
-            headers = self._request_headers(call.api_key, stream)
+            headers = self._request_headers(call.api_key, stream, call.wire)
         except ValueError as exc:
             raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
         return await self._client().post(
-            base + "/chat/completions",
+            base + path,
             headers,
             body,
             call.deadlines,
@@ -187,8 +209,8 @@ class DirectUpstream:
             self._proxies[base] = None if proxy is None or proxy_bypass(host) else proxy
         return self._proxies[base]
 
-    def _request_headers(self, api_key: str | None, stream: bool) -> dict[str, str]:
-        headers = self._headers.get((api_key, stream))
+    def _request_headers(self, api_key: str | None, stream: bool, wire: str) -> dict[str, str]:
+        headers = self._headers.get((api_key, stream, wire))
         if headers is None:
             headers = {
                 "content-type": "application/json",
@@ -196,9 +218,12 @@ class DirectUpstream:
                 "accept-encoding": "identity",
                 "user-agent": "flashpro",
             }
-            if api_key:
+            # DeepSeek's Anthropic API reads the key from x-api-key, as Anthropic's does
+            if api_key and wire == "messages":
+                headers["x-api-key"] = header_value("x-api-key", api_key)
+            elif api_key:
                 headers["authorization"] = header_value("authorization", f"Bearer {api_key}")
-            self._headers[(api_key, stream)] = headers
+            self._headers[(api_key, stream, wire)] = headers
         return headers
 
     async def complete(self, call: UpstreamCall) -> Completion:
@@ -224,6 +249,9 @@ class DirectUpstream:
             if not started and first_at is not None and first_at <= (total_at or first_at):
                 raise first_byte_timeout() from None
             raise transport_failure(timed_out=True) from None
+        if call.wire == "messages":
+            message = parse_message(raw)
+            return Completion(body=message, usage=usage_of(message.get("usage")))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -240,7 +268,8 @@ class DirectUpstream:
         response = await self._post(call, first_byte_at, stream=True)
         if not 200 <= response.status < 300:
             raise await self._rejection(call, response)
-        return _events(response, first_byte_at)
+        read = _message_event if call.wire == "messages" else _chat_event
+        return _events(response, first_byte_at, read)
 
     async def _rejection(self, call: UpstreamCall, response: Response) -> FlashproError:
         """An answer that is not a 2xx: an error status with its message (keys scrubbed, the
@@ -275,9 +304,28 @@ def header_value(name: str, value: str) -> str:
 _AFTER_DONE_BYTES = 64 * 1024  # read past [DONE] to the body's end, to pool the connection
 
 
-async def _events(response: Response, first_byte_at: float | None) -> AsyncIterator[Chunk]:
-    """The stream's events as chunks until `[DONE]`; `: keep-alive` comments before the first
-    event with data as keep-alive chunks; empty events skipped. A drop raises UpstreamError."""
+def _chat_event(payload: bytes) -> tuple[Chunk | None, bool]:
+    """(the chunk, whether the stream is done): chat streams end with `[DONE]`."""
+    if payload == b"[DONE]":
+        return None, True
+    return _chunk(payload), False
+
+
+def _message_event(payload: bytes) -> tuple[Chunk | None, bool]:
+    """Anthropic streams end with the `message_stop` event itself."""
+    data = parse_event(payload)
+    return Chunk(data, event_usage(data)), data["type"] == "message_stop"
+
+
+async def _events(
+    response: Response,
+    first_byte_at: float | None,
+    read: Callable[[bytes], tuple[Chunk | None, bool]] = _chat_event,
+) -> AsyncIterator[Chunk]:
+    """The stream's events as chunks until the format's last one (`read` says which; `event:`
+    lines are not needed, Anthropic's data carry their type); `: keep-alive` comments before
+    the first event with data as keep-alive chunks; empty events skipped. A drop raises
+    UpstreamError."""
     decoder = EventDecoder()
     until = first_byte_at  # the first event with data is due by then; comments do not count
     done = False
@@ -295,11 +343,12 @@ async def _events(response: Response, first_byte_at: float | None) -> AsyncItera
                 payload = event.data.strip()
                 if not payload:
                     continue  # an empty `data:` event
-                if payload == b"[DONE]":
-                    done = True
-                    break
+                chunk, done = read(payload)
                 until = None
-                yield _chunk(payload)
+                if chunk is not None:
+                    yield chunk
+                if done:
+                    break
         if done:
             extra = 0
             while extra <= _AFTER_DONE_BYTES and (part := await response.next_part()):
@@ -331,13 +380,20 @@ def _error_message(raw: bytes) -> str:
 
 @dataclass
 class ByProvider:
-    """`deepseek/` model ids go to the direct transport; every other provider to litellm."""
+    """`deepseek/` model ids go to the direct transport (unless `chat_direct` is off); every
+    other provider to litellm. Anthropic-format calls always go direct: litellm has no relay
+    that keeps DeepSeek's thinking blocks as they are."""
 
     direct: DirectUpstream
     other: Upstream
+    chat_direct: bool = True
 
     def _for(self, call: UpstreamCall) -> Upstream:
-        return self.direct if call.model.startswith(PROVIDER_PREFIX) else self.other
+        if call.wire == "messages":
+            return self.direct
+        if self.chat_direct and call.model.startswith(PROVIDER_PREFIX):
+            return self.direct
+        return self.other
 
     async def complete(self, call: UpstreamCall) -> Completion:
         return await self._for(call).complete(call)
@@ -354,7 +410,5 @@ def open_upstream(
 ) -> Upstream:
     """The production upstream for the configured transport."""
     litellm_upstream = LiteLLMUpstream(secrets=secrets)
-    if transport == "litellm":
-        return litellm_upstream
     direct = DirectUpstream(secrets=secrets, limits=limits or ClientLimits())
-    return ByProvider(direct, litellm_upstream)
+    return ByProvider(direct, litellm_upstream, chat_direct=transport == "direct")
