@@ -210,7 +210,7 @@ def run_policy_explain(args: argparse.Namespace) -> int:
 
 def run_route(args: argparse.Namespace) -> int:
     from router.pipeline import facts_of
-    from router.routing.classify import load_classifier
+    from router.routing.classify import load_classifier, why
     from router.routing.decide import decide
     from router.routing.routed import Routing
     from router.schemas import ChatRequest
@@ -227,6 +227,8 @@ def run_route(args: argparse.Namespace) -> int:
     facts = facts_of(request, {}, assessment.prompt_tokens)
     decision = decide(policy, routing.thresholds, facts, assessment)
     print(f"score      {assessment.score:.4f}  (reasoning-heavy: {assessment.reasoning})")
+    for line in why(assessment):
+        print(line)
     if decision.alias is not None:
         steps = routing.thresholds[decision.alias]
         shown = ", ".join(f"{tier}>={value:.4f}" for tier, value in steps.steps)

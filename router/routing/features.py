@@ -1,12 +1,18 @@
-"""Turn a whole chat request into a sparse feature vector for the difficulty classifier. Pure: no I/O.
+"""Turn a chat request into features for the difficulty classifier. Pure: no I/O.
 
-Every part of the request contributes, each read through a bounded window so that cost does not
-grow with the prompt: the head and tail of the last user message, the tail of the system prompt,
-the tails of a few earlier turns, and a capped slice of the tool definitions. Words and word
-bigrams are hashed (CRC-32, stable across processes) into `HASH_BUCKETS` buckets, namespaced by
-where they came from; a handful of handcrafted dense features (lengths, turns, code, math
-notation, multiple-choice layout, tools, JSON output) follow at `HASH_BUCKETS + j`.
-No prompt text is kept: only bucket numbers leave this module.
+Only the request's new work is read: the latest user message and the tool results that
+followed it. A long fixed system prompt, tool definitions and earlier turns are context that
+every call of a session repeats; they do not make "thanks!" harder. Text is read through bounded
+windows, so cost does not grow with the prompt.
+
+The text is normalised first, so wording that does not change difficulty does not change the
+features: lower case, a leading polite prefix ("please", "hi!", "can you") dropped, every number
+read as one token (a second one for numbers of five digits or more), trailing punctuation
+dropped, blanks ignored. Words and word pairs are hashed (CRC-32, stable across processes) into
+`HASH_BUCKETS` buckets; named cues (`CUE_NAMES`: math notation, "prove", olympiad phrasing,
+constraints, code, concurrency and systems-design words, ...) follow at `HASH_BUCKETS + j`.
+They carry most of the signal that generalises across kinds of prompt, and they give the score's
+reasons in words. No prompt text is kept: only bucket numbers and counts leave this module.
 """
 
 from __future__ import annotations
@@ -19,111 +25,168 @@ from itertools import repeat
 
 from router.schemas import ChatRequest, Message
 
-FEATURES_VERSION = "hash-words-v1"
-HASH_BITS = 20
+FEATURES_VERSION = "new-work-v2"
+HASH_BITS = 18
 HASH_BUCKETS = 1 << HASH_BITS
 _MASK = HASH_BUCKETS - 1
+# A pair's bucket is ((h1 * _PAIR_MIX) ^ h2) & _MASK for the buckets h1, h2 of its two words.
+_PAIR_MIX = 0x9E3779B1 & _MASK
 
 USER_HEAD_CHARS = 3000
 USER_TAIL_CHARS = 1000
-SYSTEM_CHARS = 1000
-HISTORY_TURNS = 4
-HISTORY_CHARS = 400
-TOOLS_CHARS = 1000
-SIGNAL_CHARS = 2000  # window for the regex-counted dense features
+TOOL_RESULT_CHARS = 1000  # the tail of each tool result after the latest user message
+TOOL_RESULTS = 4  # at most this many of them
+CUE_CHARS = 4000  # window the cues are counted in
 
-_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-# Tokens of lower-cased, digit-zeroed UTF-8: words, single punctuation marks, numbers (as runs
-# of 0), short runs of non-ASCII bytes (so CJK text still yields tokens). The match swallows the
-# blanks before its token (the group), so each search starts on a token instead of failing once
-# per blank.
-_TOKEN = re.compile(rb"\s*+([a-z]+|[^\sa-z0\x80-\xff]|0+|[\x80-\xff]{1,6})")
-# Numbers such as 12, 3.5 or 1,000 once digits are zeroed. `00*` rather than `0+`: a pattern
-# that opens with a literal byte lets the regex engine skip straight to the candidates.
-_NUMBER = re.compile(rb"00*(?:[.,]00*)?")
-# A multiple-choice line ("A. ...", "(b) ..."), found by the newline before it: the text is
-# searched with a newline put in front, so the first line has one too. Starting from a literal
-# byte is far cheaper than testing for a line start at every position. The blank after the
-# letter is only looked at, as it may be the newline that opens the next line.
-_CHOICE = re.compile(rb"\n[ \t]*\(?[A-Ha-h][.)](?=\s)")
-_MATH_BYTES = b"=^<>+*/\\$"
-_CODE_WORDS = frozenset((b"def", b"class", b"import", b"return", b"function", b"include", b"const"))
-_PROOF_WORDS = frozenset(
-    w.encode()
-    for w in [
-        "prove",
-        "proof",
-        "derive",
-        "theorem",
-        "lemma",
-        "integral",
-        "derivative",
-        "equation",
-        "algorithm",
-        "complexity",
-        "optimize",
-        "optimise",
-        "optimization",
-        "implement",
-        "debug",
-        "refactor",
-    ]
+_DIGITS = str.maketrans("123456789", "000000000")
+# Tokens of normalised text: words, numbers (runs of 0 once digits are zeroed), single marks,
+# single non-ASCII characters (so CJK text still yields tokens). Blanks are skipped.
+_TOKEN = re.compile(r"[a-z]+|0+|[^\sa-z0\x80-\U0010ffff]|[^\x00-\x7f]")
+_POLITE = re.compile(
+    r"(?:[\s,.!:;-]*(?:please|pls|plz|kindly|hi|hello|hey|hiya|greetings|dear \w+|"
+    r"good (?:morning|afternoon|evening)|(?:can|could|would|will) you(?: please)?|"
+    r"i need you to|i want you to|i(?: would|'d) like you to|help me(?: to)?|quick question|"
+    r"thanks in advance)\b)+[\s,.!:;-]*"
 )
-_SIGNAL_WORDS = _CODE_WORDS | _PROOF_WORDS
-_MAX_TOOLS = 64
+_SEPARATOR = re.compile(r"(?<=\d)[.,](?=\d)")  # 1,000.5 is one number
+_TRAILING = re.compile(r"[\s?.!,;:]+$")
 
-# Namespaces seed the CRC, so one word read in the system prompt and in the user message lands
-# in different buckets.
-_USER = zlib.crc32(b"u")
-_SYSTEM = zlib.crc32(b"s")
-_HISTORY = zlib.crc32(b"h")
-_TOOLS = zlib.crc32(b"t")
-# A pair's bucket is ((h1 * 0x9E3779B1) ^ h2) & _MASK for the CRCs h1, h2 of its two words. Only
-# the low HASH_BITS of each factor reach those bits, so the pair is computed from the words'
-# buckets and a masked multiplier: small ints, on CPython's fast path.
-_PAIR_MIX = 0x9E3779B1 & _MASK
+# Named cues, counted in one pass of one regex over the lower-cased window. Order is the order
+# of the dense features; names are what reasons print.
+_CUES: tuple[tuple[str, str, str], ...] = (
+    ("math_notation", "math notation", r"\\[a-z]+|\$|\^|_\{|[≤≥∑∫√π∞]|\b[a-z]\([a-z0-9]"),
+    ("equations", "equations", r"[=<>]"),
+    (
+        "proof",
+        "asks for a proof",
+        r"\b(?:prove|proof|show that|demonstrate that|derive|disprove)\b",
+    ),
+    (
+        "olympiad",
+        "olympiad phrasing",
+        r"\b(?:find all|determine all|positive integers?|real numbers?|such that|for all|"
+        r"for every|primes?|divisible|divides|polynomials?|sequences?|modulo|remainder|gcd|lcm|"
+        r"how many|smallest|largest|maximum|minimum|greatest|probability|triangle|circle|"
+        r"inscribed|perimeter|radius|digits?|ordered pairs|distinct|roots?|coefficients?|"
+        r"inequality|functions? f)\b",
+    ),
+    (
+        "constraints",
+        "constraints",
+        r"\b(?:constraints?|must|should|at most|at least|without|only|do not|don't|ensure|"
+        r"exactly|no more than|requirements?|required|each|every|cannot|edge cases?|assume)\b"
+        r"|<=|>=|≤|≥",
+    ),
+    ("bullets", "list of requirements", r"^[ \t]*(?:[-*•]|\d+[.)])[ \t]+"),
+    ("code_block", "code", r"```|^(?: {4}|\t)\S"),
+    (
+        "code_words",
+        "code keywords",
+        r"\b(?:def|class|return|import|function|const|var|let|void|int|public|private|static|"
+        r"lambda|async|await|struct|impl|fn|select|null|none|self|python|java|javascript|"
+        r"typescript|rust|golang|sql|html|css|regex|api|json)\b|[{};]",
+    ),
+    (
+        "concurrency",
+        "concurrency",
+        r"\b(?:concurren\w*|race conditions?|races?|deadlocks?|threads?|threading|mutex\w*|"
+        r"lock\w*|lock-free|wait-free|atomic\w*|volatile|memory (?:model|order\w*)|barriers?|"
+        r"asynchronous|async|goroutines?|distributed|consensus|raft|paxos|memory leaks?|"
+        r"segfault|undefined behaviou?r|parallel\w*|synchroni[sz]\w*|idempoten\w*)\b",
+    ),
+    (
+        "algorithms",
+        "hard algorithms",
+        r"\b(?:optimi[sz]\w*|complexity|efficient\w*|scal\w+|invariants?|dynamic programming|"
+        r"graphs?|recursion|recursive|binary search|heap|trie|subsequences?|substrings?|"
+        r"subarrays?|intervals?|queries)\b|o\(n",
+    ),
+    (
+        "design",
+        "systems design",
+        r"\b(?:design|architecture|architect|systems?|microservices?|databases?|shard\w*|"
+        r"replicat\w*|load balanc\w*|throughput|latency|fault[- ]toleran\w*|availability|"
+        r"consistency|trade-?offs?|kubernetes|queues?|pipelines?|infrastructure|protocols?)\b",
+    ),
+    (
+        "debug",
+        "debugging",
+        r"\b(?:bugs?|debug\w*|errors?|fix|fails?|failing|crash\w*|intermittent\w*|traceback|"
+        r"exception|stack trace|flaky|hangs?|wrong output|doesn't work|not working)\b",
+    ),
+    (
+        "analysis",
+        "asks for analysis",
+        r"\b(?:explain|why|analy[sz]e|compare|evaluate|justify|step by step|reason|"
+        r"implications?|critique|argue|assess|pros and cons)\b",
+    ),
+    (
+        "simple_task",
+        "simple task (translate, summarise, look up)",
+        r"\b(?:translate|translation|summari[sz]e|summary|rewrite|rephrase|paraphrase|list|name|"
+        r"define|definition|spell|convert|format|capital of|synonyms?|antonyms?|what is the|"
+        r"who is|who was|when did|when was|where is|tell me a joke|meaning of|uppercase|"
+        r"lowercase|alphabeti[sz]e|grammar|typo|spelling)\b",
+    ),
+    (
+        "chit_chat",
+        "chit-chat",
+        r"\A(?:hi|hello|hey|thanks|thank you|thx|ok|okay|cool|great|nice|good|bye|goodbye|"
+        r"how are you|what's up|lol|yes|no|sure|perfect|awesome|got it)\b",
+    ),
+    (
+        "creative",
+        "creative writing",
+        r"\b(?:story|poem|essay|letter|email|blog|song|lyrics|haiku|tweet|slogan|joke|dialogue|"
+        r"script|speech|imagine|pretend|role-?play)\b",
+    ),
+    ("choices", "multiple choice", r"^[ \t]*\(?[a-h][.)][ \t]"),
+)
+_CUE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, _, pattern in _CUES), re.MULTILINE)
+_CUE_INDEX = {name: j for j, (name, _, _) in enumerate(_CUES)}
 
 DENSE_NAMES: tuple[str, ...] = (
-    "bias_one",
-    "log_user_chars",
-    "log_total_chars",
-    "log_system_chars",
-    "log_turns",
-    "log_tools",
-    "wants_json",
-    "code_marks",
-    "math_marks",
+    "length",
+    "words",
+    "lines",
     "numbers",
-    "choice_lines",
-    "ends_with_answer",
-    "question_marks",
-    "proof_words",
-    "newlines",
-    "digit_share",
-    "upper_share",
+    "questions",
+    *(name for name, _, _ in _CUES),
+    "very_short",
+    "non_latin",
 )
+# What each dense feature means, in words, for the reasons of a score: (said when it raises the
+# difficulty, said when it lowers it). Counts (cues) are named only when the request has them.
+DENSE_LABELS: dict[str, tuple[str, str]] = {
+    "length": ("long request", "short request"),
+    "words": ("many words", "few words"),
+    "lines": ("many lines", "few lines"),
+    "numbers": ("numbers", "numbers"),
+    "questions": ("several questions", "several questions"),
+    **{name: (label, label) for name, label, _ in _CUES},
+    "very_short": ("very short", "very short"),
+    "non_latin": ("non-Latin script", "non-Latin script"),
+}
+ALWAYS_PRESENT = frozenset({"length", "words", "lines"})
 N_DENSE = len(DENSE_NAMES)
 N_FEATURES = HASH_BUCKETS + N_DENSE
 _DENSE_INDICES = tuple(range(HASH_BUCKETS, N_FEATURES))
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """Sparse features of one request plus the few signals the classifier reads directly.
+    """Sparse features of a request's new work plus the counts the classifier reads directly.
 
     The hashed part is `buckets`, distinct, each worth `bucket_value` (1/sqrt of their number,
-    so that it has unit norm whatever the prompt's length); `dense` follows at HASH_BUCKETS + j.
+    so that it has unit norm whatever the text's length); `dense` follows at HASH_BUCKETS + j.
     """
 
     buckets: list[int]
     bucket_value: float
     dense: tuple[float, ...]
-    code_marks: int
-    math_marks: int
-    proof_words: int
-    numbers: int
-    prompt_chars: int
+    cues: tuple[int, ...]  # raw count of each named cue, in `_CUES` order
+    prompt_chars: int  # the whole request, for the token estimate
 
     @property
     def indices(self) -> list[int]:
@@ -134,6 +197,10 @@ class Features:
     def values(self) -> list[float]:
         """The value at each of `indices`."""
         return [self.bucket_value] * len(self.buckets) + list(self.dense)
+
+    def cue(self, name: str) -> int:
+        """How often the named cue occurs in the new work."""
+        return self.cues[_CUE_INDEX[name]]
 
 
 def bounded_text(message: Message, head: int, tail: int) -> str:
@@ -163,89 +230,88 @@ def message_chars(message: Message) -> int:
     return sum(len(part.text) for part in content if part.text)
 
 
-def _tokens(text: str) -> list[bytes]:
-    return _TOKEN.findall(text.lower().encode("utf-8", "ignore").translate(_ZERO_DIGITS))
+def new_work(messages: list[Message]) -> str:
+    """The latest user message and the tool results after it: what is asked now."""
+    last = len(messages) - 1
+    for i in range(last, -1, -1):
+        if messages[i].role == "user":
+            last = i
+            break
+    parts = [bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)] if messages else []
+    results = [m for m in messages[last + 1 :] if m.role in ("tool", "function")]
+    parts += [bounded_text(m, 0, TOOL_RESULT_CHARS) for m in results[-TOOL_RESULTS:]]
+    return "\n".join(parts)
 
 
-def _add_words(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
-    """Add the buckets of the tokens to `buckets`."""
-    buckets.update([h & _MASK for h in map(zlib.crc32, tokens, repeat(namespace))])
+def normalise(text: str) -> str:
+    """Lower case, no leading polite prefix, no trailing punctuation, digits read as 0."""
+    lowered = text.lower()
+    polite = _POLITE.match(lowered)
+    if polite is not None and polite.end() < len(lowered):
+        lowered = lowered[polite.end() :]
+    return _TRAILING.sub("", lowered) or lowered
 
 
-def _add_words_and_pairs(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
-    """Add the buckets of the tokens and of each pair of adjacent tokens to `buckets`.
+def tokens(normalised: str) -> list[bytes]:
+    """Words and marks of normalised text; every number is `0`, or `00` from five digits on."""
+    out = []
+    for token in _TOKEN.findall(_SEPARATOR.sub("", normalised).translate(_DIGITS)):
+        if token[0] == "0":
+            token = "0" if len(token) <= 4 else "00"
+        out.append(token.encode())
+    return out
 
-    The first token pairs with a CRC of 0, which lands on its own bucket and so adds nothing
-    (as does any pair after a word whose bucket is 0): the loop needs no special case.
+
+def _buckets(words: list[bytes]) -> set[int]:
+    """The buckets of the words and of each pair of adjacent words.
+
+    The first word pairs with 0, which lands on its own bucket and so adds nothing.
     """
+    buckets: set[int] = set()
     add = buckets.add
     mask = _MASK
-    mixed = 0  # the previous word's bucket times _PAIR_MIX, masked
-    for h in map(zlib.crc32, tokens, repeat(namespace)):
+    mixed = 0
+    for h in map(zlib.crc32, words, repeat(0)):
         bucket = h & mask
         add(bucket)
         add(mixed ^ bucket)
         mixed = bucket * _PAIR_MIX & mask
+    return buckets
 
 
-def _last_user_index(messages: list[Message]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].role == "user":
-            return i
-    return len(messages) - 1
+def count_cues(window: str) -> tuple[int, ...]:
+    """How often each named cue occurs in a lower-cased window."""
+    counts = [0] * len(_CUES)
+    for match in _CUE.finditer(window):
+        if match.lastgroup is not None:
+            counts[_CUE_INDEX[match.lastgroup]] += 1
+    return tuple(counts)
+
+
+def text_features(text: str, prompt_chars: int | None = None) -> Features:
+    """Features of one piece of new work (a prompt as a user would send it)."""
+    normalised = normalise(text)
+    words = tokens(normalised)
+    buckets = _buckets(words)
+    window = normalised[:CUE_CHARS]
+    cues = count_cues(window)
+    head = text[:2000]
+    dense = (
+        math.log1p(len(text)) / 8.0,
+        math.log1p(len(words)) / 7.0,
+        math.log1p(text.count("\n")) / 4.0,
+        math.log1p(len(_NUMBER.findall(window))) / 4.0,
+        math.log1p(window.count("?")) / 2.0,
+        *(math.log1p(c) / 3.0 for c in cues),
+        1.0 if len(words) <= 6 else 0.0,
+        sum(1 for c in head if ord(c) > 0x24F) / max(1, len(head)),
+    )
+    value = 1.0 / math.sqrt(max(len(buckets), 1))
+    chars = len(text) if prompt_chars is None else prompt_chars
+    return Features(list(buckets), value, dense, cues, chars)
 
 
 def extract(request: ChatRequest) -> Features:
-    """Features of a request; cost is bounded by the window sizes, not by the prompt length."""
-    messages = request.messages
-    last = _last_user_index(messages)
-    user = bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)
-    buckets: set[int] = set()
-    tokens = _tokens(user)
-    _add_words_and_pairs(tokens, _USER, buckets)
-
-    system_chars = 0
-    for message in messages[:last]:
-        if message.role in ("system", "developer"):
-            system_chars += message_chars(message)
-            _add_words(_tokens(bounded_text(message, 0, SYSTEM_CHARS)), _SYSTEM, buckets)
-    for message in messages[max(0, last - HISTORY_TURNS) : last]:
-        if message.role not in ("system", "developer"):
-            _add_words(_tokens(bounded_text(message, 0, HISTORY_CHARS)), _HISTORY, buckets)
-    n_tools = len(request.tools or ())
-    if n_tools:
-        tools = (request.tools or [])[:_MAX_TOOLS]
-        names = " ".join(str(tool.get("function", tool))[:200] for tool in tools)
-        _add_words(_tokens(names[:TOOLS_CHARS]), _TOOLS, buckets)
-
-    raw = user[:SIGNAL_CHARS].encode("utf-8", "ignore")
-    window = max(len(raw), 1)
-    zeroed = raw.translate(_ZERO_DIGITS)
-    user_chars = message_chars(messages[last])
-    total_chars = sum(map(message_chars, messages))
-    signals = _SIGNAL_WORDS.intersection(tokens)
-    code = 3 * raw.count(b"```") + len(signals & _CODE_WORDS) + raw.count(b";") // 2
-    maths = len(raw) - len(raw.translate(None, _MATH_BYTES))
-    proof = len(signals & _PROOF_WORDS)
-    numbers = len(_NUMBER.findall(zeroed))
-    dense = (
-        1.0,
-        math.log1p(user_chars) / 8.0,
-        math.log1p(total_chars) / 8.0,
-        math.log1p(system_chars) / 8.0,
-        math.log1p(len(messages) - 1),
-        math.log1p(n_tools),
-        1.0 if request.wants_json() else 0.0,
-        math.log1p(code),
-        math.log1p(maths),
-        math.log1p(numbers),
-        math.log1p(len(_CHOICE.findall(b"\n" + raw))),
-        1.0 if raw.rstrip().endswith(b"Answer:") else 0.0,
-        math.log1p(raw.count(b"?")),
-        math.log1p(proof),
-        math.log1p(raw.count(b"\n")),
-        zeroed.count(b"0") / window,
-        (len(raw) - len(raw.translate(None, _UPPER))) / window,
-    )
-    value = 1.0 / math.sqrt(max(len(buckets), 1))
-    return Features(list(buckets), value, dense, code, maths, proof, numbers, total_chars)
+    """Features of a request's new work; cost is bounded by the windows, not the prompt."""
+    total = sum(map(message_chars, request.messages))
+    return text_features(new_work(request.messages), total)
