@@ -120,7 +120,7 @@ def read_difficulty(paths: Iterable[Path]) -> list[DifficultyRow]:
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import spearmanr  # type: ignore[import-untyped]
 
-    if len(x) < 3 or len(set(y)) < 2:
+    if len(x) < 3 or len(set(y)) < 2 or len(set(x)) < 2:
         return float("nan")
     return float(spearmanr(x, y).statistic)
 

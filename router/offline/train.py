@@ -63,19 +63,18 @@ _ROUTING_DIFFICULTY = {"mmlu": 0.3, "gsm8k": 0.4, "mt_bench": 0.3}
 _WEAK_WRONG = 0.1  # added when the weak model got the prompt wrong
 DIFFICULTY_ALPHA = 1.0  # ridge penalty of the difficulty head
 GAIN_C = 1.0  # inverse penalty of the gain head's logistic regression
-MIN_ROWS_PER_BUCKET = 2
+MIN_ROWS_PER_BUCKET = 2  # hashed buckets seen in fewer training rows stay at zero weight
 ANCHOR_SOURCES = frozenset({"everyday", "expert"})
-ANCHOR_WEIGHT = float(
-    __import__("os").environ.get("AW", "4")
-)  # hashed buckets seen in fewer training rows stay at zero weight
-# Where the named cues' weights start (difficulty per unit of the cue's feature, log1p(count)/3):
-# what a request asks for that the public difficulty data barely covers (proofs, concurrency,
-# systems design, debugging, requirement lists) or covers only at the easy end (chit-chat).
+ANCHOR_WEIGHT = 4.0  # how much more an anchor row weighs than a row of a family of its size
+# Added to the named cues' fitted weights (difficulty per unit of the cue's feature,
+# log1p(count)/3): what a request asks for that the public difficulty data barely covers
+# (proofs, concurrency, systems design, debugging) or covers only at the easy end (chit-chat).
 DIFFICULTY_PRIOR = {
     "proof": 0.2,
-    "concurrency": 0.3,
-    "design": 0.2,
+    "concurrency": 0.25,
+    "design": 0.15,
     "debug": 0.1,
+    "bullets": 0.1,
     "simple_task": -0.1,
     "chit_chat": -0.2,
     "creative": -0.05,

@@ -343,7 +343,11 @@ def _head(npz: Mapping[str, np.ndarray], name: str) -> Head:
 def _read_artifact(stream: IO[bytes]) -> DifficultyClassifier:
     with np.load(stream, allow_pickle=False) as npz:
         meta = json.loads(npz["meta"].tobytes().decode())
-        if meta.get("format") != ARTIFACT_FORMAT or meta.get("features") != FEATURES_VERSION:
+        if (
+            meta.get("format") != ARTIFACT_FORMAT
+            or meta.get("features") != FEATURES_VERSION
+            or meta.get("n_features") != N_FEATURES
+        ):
             raise ValueError(
                 f"artifact {meta.get('format')}/{meta.get('features')} does not match "
                 f"{ARTIFACT_FORMAT}/{FEATURES_VERSION}: retrain with `flashpro train`"

@@ -7,10 +7,11 @@ windows, so cost does not grow with the prompt.
 
 The text is normalised first, so wording that does not change difficulty does not change the
 features: lower case, a leading polite prefix ("please", "hi!", "can you") dropped, every number
-read as one token (a second one for numbers of five digits or more), trailing punctuation
-dropped, blanks ignored. Words and word pairs are hashed (CRC-32, stable across processes) into
-`HASH_BUCKETS` buckets; named cues (`CUE_NAMES`: math notation, "prove", olympiad phrasing,
-constraints, code, concurrency and systems-design words, ...) follow at `HASH_BUCKETS + j`.
+read as a token of its magnitude (up to four digits, or five and more), trailing
+punctuation dropped, blanks ignored. Words and word pairs are hashed (CRC-32, stable across
+processes) into `HASH_BUCKETS` buckets; the dense features (`DENSE_NAMES`: lengths, then named
+cues such as math notation, "prove", olympiad phrasing, constraints, code, concurrency and
+systems-design words) follow at `HASH_BUCKETS + j`.
 They carry most of the signal that generalises across kinds of prompt, and they give the score's
 reasons in words. No prompt text is kept: only bucket numbers and counts leave this module.
 """
@@ -38,112 +39,113 @@ TOOL_RESULT_CHARS = 1000  # the tail of each tool result after the latest user m
 TOOL_RESULTS = 4  # at most this many of them
 CUE_CHARS = 4000  # window the cues are counted in
 
-_DIGITS = str.maketrans("123456789", "000000000")
-# Tokens of normalised text: words, numbers (runs of 0 once digits are zeroed), single marks,
-# single non-ASCII characters (so CJK text still yields tokens). Blanks are skipped.
-_TOKEN = re.compile(r"[a-z]+|0+|[^\sa-z0\x80-\U0010ffff]|[^\x00-\x7f]")
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+# Tokens of normalised UTF-8: words, numbers (runs of 0 once digits are zeroed), single marks,
+# short runs of non-ASCII bytes (so CJK text still yields tokens). The match swallows the blanks
+# before its token (the group), so each search starts on a token.
+_TOKEN = re.compile(rb"\s*+([a-z]+|0+|[^\sa-z0\x80-\xff]|[\x80-\xff]{1,6})")
+_ZERO_RUN = re.compile(rb"00+")
 _POLITE = re.compile(
     r"(?:[\s,.!:;-]*(?:please|pls|plz|kindly|hi|hello|hey|hiya|greetings|dear \w+|"
     r"good (?:morning|afternoon|evening)|(?:can|could|would|will) you(?: please)?|"
     r"i need you to|i want you to|i(?: would|'d) like you to|help me(?: to)?|quick question|"
     r"thanks in advance)\b)+[\s,.!:;-]*"
 )
-_SEPARATOR = re.compile(r"(?<=\d)[.,](?=\d)")  # 1,000.5 is one number
+_SEPARATOR = re.compile(rb"(?<=\d)[.,](?=\d)")  # 1,000.5 is one number
 _TRAILING = re.compile(r"[\s?.!,;:]+$")
 
-# Named cues, counted in one pass of one regex over the lower-cased window. Order is the order
-# of the dense features; names are what reasons print.
-_CUES: tuple[tuple[str, str, str], ...] = (
-    ("math_notation", "math notation", r"\\[a-z]+|\$|\^|_\{|[≤≥∑∫√π∞]|\b[a-z]\([a-z0-9]"),
-    ("equations", "equations", r"[=<>]"),
-    (
-        "proof",
-        "asks for a proof",
-        r"\b(?:prove|proof|show that|demonstrate that|derive|disprove)\b",
-    ),
-    (
-        "olympiad",
-        "olympiad phrasing",
-        r"\b(?:find all|determine all|positive integers?|real numbers?|such that|for all|"
-        r"for every|primes?|divisible|divides|polynomials?|sequences?|modulo|remainder|gcd|lcm|"
-        r"how many|smallest|largest|maximum|minimum|greatest|probability|triangle|circle|"
-        r"inscribed|perimeter|radius|digits?|ordered pairs|distinct|roots?|coefficients?|"
-        r"inequality|functions? f)\b",
-    ),
-    (
-        "constraints",
-        "constraints",
-        r"\b(?:constraints?|must|should|at most|at least|without|only|do not|don't|ensure|"
-        r"exactly|no more than|requirements?|required|each|every|cannot|edge cases?|assume)\b"
-        r"|<=|>=|≤|≥",
-    ),
-    ("bullets", "list of requirements", r"^[ \t]*(?:[-*•]|\d+[.)])[ \t]+"),
-    ("code_block", "code", r"```|^(?: {4}|\t)\S"),
-    (
-        "code_words",
-        "code keywords",
-        r"\b(?:def|class|return|import|function|const|var|let|void|int|public|private|static|"
-        r"lambda|async|await|struct|impl|fn|select|null|none|self|python|java|javascript|"
-        r"typescript|rust|golang|sql|html|css|regex|api|json)\b|[{};]",
-    ),
-    (
-        "concurrency",
-        "concurrency",
-        r"\b(?:concurren\w*|race conditions?|races?|deadlocks?|threads?|threading|mutex\w*|"
-        r"lock\w*|lock-free|wait-free|atomic\w*|volatile|memory (?:model|order\w*)|barriers?|"
-        r"asynchronous|async|goroutines?|distributed|consensus|raft|paxos|memory leaks?|"
-        r"segfault|undefined behaviou?r|parallel\w*|synchroni[sz]\w*|idempoten\w*)\b",
-    ),
-    (
-        "algorithms",
-        "hard algorithms",
-        r"\b(?:optimi[sz]\w*|complexity|efficient\w*|scal\w+|invariants?|dynamic programming|"
-        r"graphs?|recursion|recursive|binary search|heap|trie|subsequences?|substrings?|"
-        r"subarrays?|intervals?|queries)\b|o\(n",
-    ),
-    (
-        "design",
-        "systems design",
-        r"\b(?:design|architecture|architect|systems?|microservices?|databases?|shard\w*|"
-        r"replicat\w*|load balanc\w*|throughput|latency|fault[- ]toleran\w*|availability|"
-        r"consistency|trade-?offs?|kubernetes|queues?|pipelines?|infrastructure|protocols?)\b",
-    ),
-    (
-        "debug",
-        "debugging",
-        r"\b(?:bugs?|debug\w*|errors?|fix|fails?|failing|crash\w*|intermittent\w*|traceback|"
-        r"exception|stack trace|flaky|hangs?|wrong output|doesn't work|not working)\b",
-    ),
-    (
-        "analysis",
-        "asks for analysis",
-        r"\b(?:explain|why|analy[sz]e|compare|evaluate|justify|step by step|reason|"
-        r"implications?|critique|argue|assess|pros and cons)\b",
-    ),
-    (
-        "simple_task",
-        "simple task (translate, summarise, look up)",
-        r"\b(?:translate|translation|summari[sz]e|summary|rewrite|rephrase|paraphrase|list|name|"
-        r"define|definition|spell|convert|format|capital of|synonyms?|antonyms?|what is the|"
-        r"who is|who was|when did|when was|where is|tell me a joke|meaning of|uppercase|"
-        r"lowercase|alphabeti[sz]e|grammar|typo|spelling)\b",
-    ),
-    (
-        "chit_chat",
-        "chit-chat",
-        r"\A(?:hi|hello|hey|thanks|thank you|thx|ok|okay|cool|great|nice|good|bye|goodbye|"
-        r"how are you|what's up|lol|yes|no|sure|perfect|awesome|got it)\b",
-    ),
-    (
-        "creative",
-        "creative writing",
-        r"\b(?:story|poem|essay|letter|email|blog|song|lyrics|haiku|tweet|slogan|joke|dialogue|"
-        r"script|speech|imagine|pretend|role-?play)\b",
-    ),
-    ("choices", "multiple choice", r"^[ \t]*\(?[a-h][.)][ \t]"),
+# Named cues: words and phrases looked up among the normalised words (one dict lookup per word,
+# pair and triple), phrases that count only at the start (what the request opens with), and
+# marks counted in the text. Order is the order of the dense features; labels are what reasons
+# print. Phrases are written as normalised words ("don't" is "don t", "lock-free" "lock free").
+_CUES: tuple[tuple[str, str], ...] = (
+    ("math_notation", "math notation"),
+    ("equations", "equations"),
+    ("proof", "asks for a proof"),
+    ("olympiad", "olympiad phrasing"),
+    ("constraints", "constraints"),
+    ("bullets", "list of requirements"),
+    ("code_block", "code"),
+    ("code_words", "code keywords"),
+    ("concurrency", "concurrency"),
+    ("algorithms", "hard algorithms"),
+    ("design", "systems design"),
+    ("debug", "debugging"),
+    ("analysis", "asks for analysis"),
+    ("simple_task", "simple task (translate, summarise, look up)"),
+    ("chit_chat", "chit-chat"),
+    ("creative", "creative writing"),
+    ("choices", "multiple choice"),
 )
-_CUE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, _, pattern in _CUES), re.MULTILINE)
-_CUE_INDEX = {name: j for j, (name, _, _) in enumerate(_CUES)}
+_CUE_INDEX = {name: j for j, (name, _) in enumerate(_CUES)}
+_ANYWHERE: dict[str, str] = {
+    "proof": "prove proof proofs disprove derive|show that|demonstrate that",
+    "olympiad": "prime primes divisible divides polynomial polynomials sequence sequences modulo "
+    "remainder gcd lcm smallest largest maximum minimum greatest probability triangle circle "
+    "inscribed perimeter radius digit digits distinct root roots coefficient coefficients "
+    "inequality|find all|determine all|positive integer|positive integers|real number|"
+    "real numbers|such that|for all|for every|how many|ordered pairs|function f|functions f",
+    "constraints": "constraint constraints must should without only ensure exactly requirement "
+    "requirements required each every cannot assume|at most|at least|do not|don t|edge case|"
+    "edge cases|no more than",
+    "code_words": "def class return import function const var let void int public private static "
+    "lambda await struct impl fn select null none self python java javascript typescript rust "
+    "golang sql html css regex api json",
+    "concurrency": "concurrency concurrent concurrently race races deadlock deadlocks deadlocked "
+    "thread threads threading multithreaded mutex mutexes lock locks locking atomic atomics "
+    "atomically volatile asynchronous async goroutine goroutines consensus raft paxos segfault "
+    "parallel parallelism parallelize parallelise synchronize synchronise synchronization "
+    "synchronisation synchronized synchronous idempotent idempotency|race condition|"
+    "race conditions|lock free|wait free|memory model|memory ordering|memory order|memory leak|"
+    "memory leaks|undefined behavior|undefined behaviour",
+    "algorithms": "optimize optimise optimized optimised optimization optimisation optimal "
+    "complexity efficient efficiently efficiency scale scalable scaling scalability invariant "
+    "invariants graph graphs recursion recursive heap trie subsequence subsequences substring "
+    "substrings subarray subarrays interval intervals queries|dynamic programming|binary search",
+    "design": "design architecture architect system systems microservice microservices database "
+    "databases shard shards sharding sharded replicate replicated replication replica replicas "
+    "throughput latency availability consistency tradeoff tradeoffs kubernetes distributed "
+    "pipeline pipelines infrastructure protocol protocols|load balancer|load balancing|"
+    "fault tolerant|fault tolerance|trade off|trade offs",
+    "debug": "bug bugs debug debugging debugger error errors fix fails fail failing crash crashes "
+    "crashed crashing intermittent intermittently traceback exception flaky hang hangs|"
+    "stack trace|wrong output|not working|doesn t work",
+    "analysis": "explain why analyze analyse analysis compare evaluate justify reason implication "
+    "implications critique argue assess|step by step|pros and cons",
+    "simple_task": "translate translation summarize summarise synonym synonyms antonym antonyms",
+    "creative": "story poem essay letter email blog song lyrics haiku tweet slogan joke dialogue "
+    "script speech imagine pretend roleplay|role play",
+}
+_AT_START: dict[str, str] = {
+    "simple_task": "rewrite rephrase paraphrase shorten list name define spell convert format "
+    "capitalize capitalise sort alphabetize alphabetise correct|sum up|fix the grammar|"
+    "what is the capital|what is the meaning|what is the opposite|what does|who is|who was|"
+    "who wrote|who painted|when did|when was|when is|where is|how do you say|how many|"
+    "tell me a joke",
+    "chit_chat": "hi hello hey thanks thx ok okay cool great nice good bye goodbye lol yes no sure "
+    "perfect awesome|thank you|how are you|what s up|got it",
+}
+
+
+def _vocabulary(table: dict[str, str]) -> dict[bytes, int]:
+    """Phrase -> cue index, from "word word ...|phrase|phrase" strings."""
+    out: dict[bytes, int] = {}
+    for name, spec in table.items():
+        words, *phrases = spec.split("|")
+        for phrase in [*words.split(), *phrases]:
+            out[phrase.encode()] = _CUE_INDEX[name]
+    return out
+
+
+_PHRASES = _vocabulary(_ANYWHERE)
+_PHRASE_STARTS = frozenset(phrase.split(b" ")[0] for phrase in _PHRASES if b" " in phrase)
+_OPENINGS = _vocabulary(_AT_START)
+_LONGEST = 4  # words in the longest phrase
+_FUNCTION = re.compile(r"\b[a-z]\([a-z0-9]")  # f(x), g(n+1)
+_BULLET = re.compile(r"\n[ \t]*(?:[-*•]|\d+[.)])[ \t]")
+_INDENTED = re.compile(r"\n(?: {4}|\t)\S")
+_CHOICE = re.compile(r"\n[ \t]*\(?[a-h][.)][ \t]")
+_MATH_SYMBOLS = "≤≥∑∫√π∞"
 
 DENSE_NAMES: tuple[str, ...] = (
     "length",
@@ -151,7 +153,7 @@ DENSE_NAMES: tuple[str, ...] = (
     "lines",
     "numbers",
     "questions",
-    *(name for name, _, _ in _CUES),
+    *(name for name, _ in _CUES),
     "very_short",
     "non_latin",
 )
@@ -163,7 +165,7 @@ DENSE_LABELS: dict[str, tuple[str, str]] = {
     "lines": ("many lines", "few lines"),
     "numbers": ("numbers", "numbers"),
     "questions": ("several questions", "several questions"),
-    **{name: (label, label) for name, label, _ in _CUES},
+    **{name: (label, label) for name, label in _CUES},
     "very_short": ("very short", "very short"),
     "non_latin": ("non-Latin script", "non-Latin script"),
 }
@@ -172,6 +174,7 @@ N_DENSE = len(DENSE_NAMES)
 N_FEATURES = HASH_BUCKETS + N_DENSE
 _DENSE_INDICES = tuple(range(HASH_BUCKETS, N_FEATURES))
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NON_LATIN = re.compile("[^\\x00-\u024f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,13 +256,14 @@ def normalise(text: str) -> str:
 
 
 def tokens(normalised: str) -> list[bytes]:
-    """Words and marks of normalised text; every number is `0`, or `00` from five digits on."""
-    out = []
-    for token in _TOKEN.findall(_SEPARATOR.sub("", normalised).translate(_DIGITS)):
-        if token[0] == "0":
-            token = "0" if len(token) <= 4 else "00"
-        out.append(token.encode())
-    return out
+    """Words and marks of normalised text; a number is its magnitude: `0` (up to four digits)
+    or `00` (five or more)."""
+    raw = _SEPARATOR.sub(b"", normalised.encode("utf-8", "ignore")).translate(_ZERO_DIGITS)
+    return _TOKEN.findall(_ZERO_RUN.sub(_magnitude, raw))
+
+
+def _magnitude(run: re.Match[bytes]) -> bytes:
+    return b"0" if len(run.group()) <= 4 else b"00"
 
 
 def _buckets(words: list[bytes]) -> set[int]:
@@ -279,12 +283,45 @@ def _buckets(words: list[bytes]) -> set[int]:
     return buckets
 
 
-def count_cues(window: str) -> tuple[int, ...]:
-    """How often each named cue occurs in a lower-cased window."""
+def count_cues(window: str, words: list[bytes] | None = None) -> tuple[int, ...]:
+    """How often each named cue occurs in a normalised window (`words`: its tokens, if known)."""
     counts = [0] * len(_CUES)
-    for match in _CUE.finditer(window):
-        if match.lastgroup is not None:
-            counts[_CUE_INDEX[match.lastgroup]] += 1
+    plain = [w for w in (tokens(window) if words is None else words) if w.isalpha()]
+    lookup = _PHRASES.get
+    for i, word in enumerate(plain):
+        cue = lookup(word)
+        if cue is not None:
+            counts[cue] += 1
+        if word in _PHRASE_STARTS:
+            phrase = word
+            for following in plain[i + 1 : i + _LONGEST]:
+                phrase = phrase + b" " + following
+                cue = lookup(phrase)
+                if cue is not None:
+                    counts[cue] += 1
+    opening = b" ".join(plain[:_LONGEST])
+    for length in range(len(opening), 0, -1):
+        if length == len(opening) or opening[length] == 32:  # whole words only
+            cue = _OPENINGS.get(opening[:length])
+            if cue is not None:
+                counts[cue] += 1
+                break
+    lined = "\n" + window
+    marks = (
+        ("math_notation", window.count("\\") + window.count("$") + window.count("^")),
+        ("math_notation", window.count("_{") + len(_FUNCTION.findall(window))),
+        ("math_notation", sum(map(window.count, _MATH_SYMBOLS))),
+        ("equations", window.count("=") + window.count("<") + window.count(">")),
+        ("constraints", window.count("<=") + window.count(">=") + window.count("≤")),
+        ("constraints", window.count("≥")),
+        ("bullets", len(_BULLET.findall(lined))),
+        ("code_block", window.count("```") + len(_INDENTED.findall(lined))),
+        ("code_words", window.count("{") + window.count("}") + window.count(";")),
+        ("algorithms", window.count("o(n")),
+        ("choices", len(_CHOICE.findall(lined))),
+    )
+    for name, count in marks:
+        counts[_CUE_INDEX[name]] += count
     return tuple(counts)
 
 
@@ -294,7 +331,7 @@ def text_features(text: str, prompt_chars: int | None = None) -> Features:
     words = tokens(normalised)
     buckets = _buckets(words)
     window = normalised[:CUE_CHARS]
-    cues = count_cues(window)
+    cues = count_cues(window, words if len(normalised) <= CUE_CHARS else None)
     head = text[:2000]
     dense = (
         math.log1p(len(text)) / 8.0,
@@ -304,7 +341,7 @@ def text_features(text: str, prompt_chars: int | None = None) -> Features:
         math.log1p(window.count("?")) / 2.0,
         *(math.log1p(c) / 3.0 for c in cues),
         1.0 if len(words) <= 6 else 0.0,
-        sum(1 for c in head if ord(c) > 0x24F) / max(1, len(head)),
+        len(_NON_LATIN.findall(head)) / max(1, len(head)),
     )
     value = 1.0 / math.sqrt(max(len(buckets), 1))
     chars = len(text) if prompt_chars is None else prompt_chars
