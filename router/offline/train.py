@@ -19,9 +19,8 @@ Inputs:
 Each file is split by row id (`split_of`): the train part is fitted; routing rows whose id falls
 in the test part, and the dev part of the difficulty files, choose the blend (a small fixed grid,
 by routing APGR plus mean within-family Spearman) and calibrate the blended score. The
-calibration set stands for traffic: each family (MMLU, GSM8K, MT-Bench, MATH, LeetCode, real
-chat prompts, everyday requests) weighs the same, so `shares:` in a policy mean shares of such a
-mix.
+calibration set stands for chat traffic: each family (MMLU, GSM8K, MT-Bench, real chat prompts,
+everyday requests) weighs the same, so `shares:` in a policy mean shares of such a mix.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,7 @@ _ROUTING_DIFFICULTY = {"mmlu": 0.3, "gsm8k": 0.4, "mt_bench": 0.3}
 _WEAK_WRONG = 0.1  # added when the weak model got the prompt wrong
 DIFFICULTY_ALPHA = 1.0  # ridge penalty of the difficulty head
 GAIN_C = 1.0  # inverse penalty of the gain head's logistic regression
+MIN_CALIBRATION_ROWS = 20  # a traffic family with fewer choose rows stays out of calibration
 MIN_ROWS_PER_BUCKET = 2  # hashed buckets seen in fewer training rows stay at zero weight
 ANCHOR_SOURCES = frozenset({"everyday", "expert"})
 ANCHOR_WEIGHT = 4.0  # how much more an anchor row weighs than a row of a family of its size
@@ -299,10 +300,13 @@ def fit(
         for i in choose_rows
         if examples[i].source in TRAFFIC_SOURCES or examples[i].source in sources
     ]
+    counts = Counter(examples[i].source for i in traffic)
+    traffic = [i for i in traffic if counts[examples[i].source] >= MIN_CALIBRATION_ROWS]
     traffic = traffic or choose_rows
     raw = np.array([blend.raw(d_all[i], g_all[i]) for i in traffic])
     weights = _calibration_weights([examples[i] for i in traffic])
-    low, center, high = np.quantile(raw, [0.1, 0.5, 0.9])
+    spread = Calibration.from_scores(raw.tolist(), weights=weights.tolist())
+    low, center, high = (spread.threshold_for_share(s) for s in (0.9, 0.5, 0.1))
     blend = Blend(
         blend.gain_mean,
         blend.gain_std,
