@@ -12,33 +12,45 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from router.errors import UpstreamError
-from router.observe.observer import Observer, record_of
+from router.errors import (
+    FlashproError,
+    UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
+    UpstreamError,
+    UpstreamSaturated,
+)
+from router.formats import Assembler, format_of
+from router.observe.observer import Observer
+from router.observe.record import record_of
 from router.routing.auth import authorize
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
+from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
+from router.schemas_anthropic import MessagesRequest
 from router.state.cache import (
     BYPASS,
     CachePlan,
     CacheStatus,
     Entry,
     ResponseCache,
-    is_complete,
+    namespace_of,
     plan_for,
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
-from router.upstream.assemble import StreamAssembler, chunks_of
+from router.state.reasoning import ReasoningStore
+from router.state.responses import ResponseStore
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
-from router.upstream.reasoning import ReasoningMemory
+from router.upstream.concurrency import Concurrency, Held
+from router.upstream.messages import messages_call
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
+from router.upstream.shaping import shape, user_id_of
 
 T = TypeVar("T")
 
@@ -50,13 +62,16 @@ class Deps:
     routing: Routing
     classifier: Classifier
     upstream: Upstream
-    memory: ReasoningMemory
+    memory: ReasoningStore  # reasoning of tool-call turns (Redis with REDIS_URL)
     api_base: str | None  # default upstream base URL for tiers that give none
+    anthropic_api_base: str | None = None  # likewise for Anthropic-format (/v1/messages) calls
     cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
     controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
+    concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -92,17 +107,6 @@ class StreamAnswer:
     trail: Trail = NO_TRAIL
 
 
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
-
-
 def route(
     deps: Deps,
     request: ChatRequest,
@@ -121,10 +125,17 @@ def route(
 
 
 async def admit(
-    deps: Deps, request: ChatRequest, headers: Mapping[str, str], request_id: str = ""
+    deps: Deps,
+    request: ChatRequest,
+    headers: Mapping[str, str],
+    request_id: str = "",
+    *,
+    api: str = "chat",
+    anthropic: MessagesRequest | None = None,
 ) -> Routed:
     """Route under the live limits (budgets, share cap, latency, caller group), then count the
-    request toward the share window."""
+    request toward the share window. A front door relaying another wire format passes its
+    parsed body as well (`anthropic`), and `request` is its chat view."""
     routing = deps.live
     caller = caller_of(routing.policy, request, headers, deps.controls.environ)
     await guard(deps, routing.policy, caller, request)
@@ -132,6 +143,8 @@ async def admit(
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
     routed = route(deps, request, headers, state, routing, caller, request_id)
+    if api != "chat" or anthropic is not None:
+        routed = replace(routed, api=api, anthropic=anthropic)
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 
@@ -161,32 +174,71 @@ def _routing(deps: Deps, routed: Routed) -> Routing:
 
 
 def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CachePlan:
-    """Which cache entries may answer the routed request, and whether to store its answer."""
-    policy = _routing(deps, routed).policy
-    return plan_for(policy, routed.request, routed.decision.tier, headers)
-
-
-def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """Which cache entries may answer the routed request (answers of the same upstream only),
+    and whether to store its answer."""
     routing = _routing(deps, routed)
-    tier = routing.policy.tiers[routed.decision.tier]
-    messages = deps.memory.restore(routed.request.messages)
-    return UpstreamCall(
-        model=tier.model,
-        messages=[m.model_dump(exclude_none=True) for m in messages],
-        params=routed.request.upstream_params(),
-        thinking=tier.thinking,
-        reasoning_effort=tier.reasoning_effort,
-        api_base=tier.api_base or deps.api_base,
-        api_key=routing.keys.get(tier.api_key_env),
-        timeout_s=tier.timeout_s,
-    )
+    upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
+    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    tier = routed.decision.tier
+    return plan_for(routing.policy, routed.request, tier, headers, upstreams, digest)
+
+
+def _namespace(deps: Deps, routed: Routed) -> str:
+    """The caller's namespace: its tenant or key hash (router/state/cache.py)."""
+    tenants = _routing(deps, routed).policy.cache.tenants
+    return namespace_of(routed.headers.get("authorization"), tenants)
+
+
+async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """The call to the routed tier: reasoning of earlier tool-call turns restored, shaped to
+    DeepSeek's rules (router/upstream/shaping.py), the caller's tenant hash as `user_id`; a
+    Messages body goes as it is, in Anthropic format (router/upstream/messages.py)."""
+    routing = _routing(deps, routed)
+    name = routed.decision.tier
+    tier = routing.policy.tiers[name]
+    namespace = _namespace(deps, routed)
+    key = routing.keys.get(tier.api_key_env)
+    if routed.anthropic is not None:
+        base = tier.api_base_anthropic or deps.anthropic_api_base
+        return messages_call(tier, routed.anthropic, base, key, user_id_of(namespace))
+    messages = await deps.memory.restore(namespace, routed.request.messages)
+    dumped = [m.model_dump(exclude_none=True) for m in messages]
+    call = UpstreamCall.to_tier(tier, dumped, routed.request.upstream_params(), deps.api_base, key)
+    return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
+
+
+async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
+    """A place under the tier's `max_concurrency` (per account and model); its release."""
+    routing, name = _routing(deps, routed), routed.decision.tier
+    tier, metrics = routing.policy.tiers[name], deps.observer.metrics
+    try:
+        return await deps.concurrency.acquire(
+            f"{routing.identity(name, deps.api_base)}:{tier.model}",
+            tier.max_concurrency,
+            tier.queue_ms / 1000,
+            name,
+            lambda in_flight: metrics.upstream_in_flight(tier.model_name, in_flight),
+        )
+    except UpstreamSaturated:
+        metrics.tier_saturated(name)
+        raise
+
+
+def _named(deps: Deps, routed: Routed, exc: BaseException) -> BaseException:
+    """An upstream refusal of flashpro's own account (402, refused key) counted, and a 402
+    naming the account; any other failure as it is."""
+    if not isinstance(exc, UpstreamBalanceExhausted | UpstreamAuthFailed):
+        return exc
+    name, balance = routed.decision.tier, isinstance(exc, UpstreamBalanceExhausted)
+    deps.observer.metrics.account_error(name, "insufficient_balance" if balance else "auth")
+    account = _routing(deps, routed).account(name, deps.api_base)
+    return UpstreamBalanceExhausted.on(name, account) if balance else exc
 
 
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
     """What an answer cost, off-peak discount included."""
     policy = (routing or deps.live).policy
-    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
-    return cost_usd(usage, policy.tiers[decision.tier].prices) * factor
+    return cost_usd(usage, policy.prices_at(decision.tier, datetime.now(UTC)))
 
 
 async def _answered(
@@ -238,15 +290,19 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
-        return await deps.upstream.complete(upstream_call(deps, attempt))
+        release = await _slot(deps, attempt)
+        try:
+            return await deps.upstream.complete(await upstream_call(deps, attempt))
+        except FlashproError as exc:
+            raise _named(deps, attempt, exc)  # noqa: B904 - the same error, or it renamed
+        finally:
+            release()
 
     completion, routed, trail = await resilient(deps, routed, call)
-    deps.memory.remember(completion.body)
+    await deps.memory.remember(_namespace(deps, routed), completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
-    await _store(
-        deps, _replanned(deps, routed, plan, trail), routed.decision, completion.body, cost
-    )
+    await _store(deps, _replanned(deps, routed, plan, trail), routed, completion.body, cost)
     return Answer(completion.body, routed.decision, cost, plan.status, trail=trail)
 
 
@@ -263,8 +319,9 @@ async def resilient(
         return await call(to(decision))
 
     policy = _routing(deps, routed).policy
+    images = routed.request.has_images()
     value, decision, trail = await deps.resilience.call(
-        policy, routed.decision, attempt, routed.caller.group
+        policy, routed.decision, attempt, routed.caller.group, images
     )
     return value, to(decision), trail
 
@@ -278,21 +335,22 @@ def _replanned(deps: Deps, routed: Routed, plan: CachePlan, trail: Trail) -> Cac
 
 
 async def _store(
-    deps: Deps, plan: CachePlan, decision: Decision, body: dict[str, Any], cost: float
+    deps: Deps, plan: CachePlan, routed: Routed, body: dict[str, Any], cost: float
 ) -> None:
     """Keep an answer that finished normally, if the plan writes."""
-    if plan.write and is_complete(body):
+    if plan.write and format_of(routed).complete(body):
+        decision = routed.decision
         await deps.cache.store(plan, Entry(body, decision.tier, decision.model, cost))
 
 
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+    return Answer(format_of(routed).fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
-    usage = Usage.from_wire(entry.body.get("usage"))  # what the hit saved, at baseline prices
+    usage = format_of(routed).usage(entry.body)  # what the hit saved, at baseline prices
     observe(deps, routed, cache="hit", usage=usage, decision=decision)
 
 
@@ -308,9 +366,11 @@ def observe(
     cost: float = 0.0,
     timing: tuple[float, float | None] | None = None,
     decision: Decision | None = None,
+    api: str | None = None,
 ) -> None:
-    """The one observation hook: a finished (or failed) chat request, as one record, to the
-    metrics, the access log, the dashboard and the decision log (router/observe/observer.py)."""
+    """The one observation hook: a finished (or failed) request, as one record, to the metrics,
+    the access log, the dashboard and the decision log (router/observe/observer.py). `api`
+    names the front door of a request that failed before it was routed."""
     policy = _routing(deps, routed).policy if routed is not None else deps.live.policy
     record = record_of(
         policy,
@@ -323,6 +383,7 @@ def observe(
         cost=cost,
         timing=timing,
         decision=decision,
+        api=api,
     )
     deps.observer.request_done(record)
 
@@ -339,7 +400,8 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
     failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        wire = format_of(routed)
+        replay = _replay(wire.replay(wire.fresh(entry.body), routed))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
@@ -351,13 +413,18 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
 
 
 async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator[Chunk]]:
-    """Open the upstream stream and wait for its first chunk, so failures surface here."""
-    chunks = await deps.upstream.stream(upstream_call(deps, routed))
+    """Open the upstream stream and wait for its first chunk, so failures surface here; the
+    stream holds its concurrency slot until it ends."""
+    release = await _slot(deps, routed)
     try:
+        chunks = await deps.upstream.stream(await upstream_call(deps, routed))
         first = await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError("The upstream ended the stream before sending anything.") from None
-    return first, chunks
+    except BaseException as exc:
+        release()
+        if isinstance(exc, StopAsyncIteration):
+            raise UpstreamError("The upstream ended the stream before sending anything.") from None
+        raise _named(deps, routed, exc)  # noqa: B904
+    return first, Held(chunks, release)
 
 
 async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -373,14 +440,14 @@ async def _relay(
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Relay chunks (usage only if the client asked), assembling the answer as it goes."""
-    include_usage = routed.request.include_usage()
-    assembler = StreamAssembler()
+    """Relay chunks as the client's format has them, assembling the answer as it goes."""
+    wire = format_of(routed)
+    assembler = wire.assembler()
     try:
         chunk: Chunk | None = first
         while chunk is not None:
             assembler.add(chunk.data)
-            data = _for_client(chunk.data, include_usage)
+            data = wire.for_client(chunk.data, routed)
             if data is not None:
                 yield data
             chunk = await anext(rest, None)
@@ -392,19 +459,19 @@ async def _relay(
             await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
     if assembler.finished:  # not after a client disconnect or an upstream drop
         body = assembler.body()
-        deps.memory.remember(body)
-        usage = Usage.from_wire(body.get("usage"))
+        await deps.memory.remember(_namespace(deps, routed), body)
+        usage = wire.usage(body)
         cost = price(deps, routed.decision, usage, routed.routing)
         started, first_at = timing or (time.monotonic(), None)
         await _answered(deps, routed, usage, cost, started, first_at, plan.status)
-        await _store(deps, plan, routed.decision, body, cost)
+        await _store(deps, plan, routed, body, cost)
 
 
 async def _cut(
     deps: Deps,
     routed: Routed,
     plan: CachePlan,
-    assembler: StreamAssembler,
+    assembler: Assembler,
     cause: BaseException | None,
 ) -> None:
     """A stream that ended early still counts: the client left (499) or the upstream broke
@@ -412,26 +479,16 @@ async def _cut(
     characters a token, reasoning included) are priced and charged to the budgets and rates."""
     left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
     status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
-    usage = Usage.from_wire(assembler.usage) if assembler.usage else _estimated(routed, assembler)
+    usage = assembler.reported_usage() or _estimated(routed, assembler)
     cost = price(deps, routed.decision, usage, routed.routing)
     observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
     await _charge(deps, routed, usage, cost, None)
 
 
-def _estimated(routed: Routed, assembler: StreamAssembler) -> Usage:
+def _estimated(routed: Routed, assembler: Assembler) -> Usage:
     produced, reasoning = assembler.produced_chars()
     return Usage(
         prompt_tokens=routed.assessment.prompt_tokens,
         completion_tokens=-(-produced // 4),
         reasoning_tokens=-(-reasoning // 4),
     )
-
-
-def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    if include_usage:
-        return data
-    if not data.get("choices"):
-        return None  # a usage-only chunk the client did not ask for
-    if "usage" in data:
-        return {k: v for k, v in data.items() if k != "usage"}
-    return data

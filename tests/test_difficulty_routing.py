@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from router.pipeline import facts_of
 from router.routing.classify import Assessment, DifficultyClassifier, load_classifier
 from router.routing.decide import decide, resolve_thresholds
-from router.routing.decision import Thresholds
+from router.routing.decision import Thresholds, facts_of
 from router.routing.policy import Policy, load_policy
 from router.schemas import ChatRequest
 from tests.conftest import ROOT

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from router.observe.logs import ACCESS_LOGGER, access_line, configure_access_log
-from router.observe.observer import RequestRecord, tenant_of
+from router.observe.record import RequestRecord, tenant_of
 from router.routing.cost import Usage
 from router.routing.decision import Decision
 from router.routing.policy import Observability
@@ -89,4 +89,7 @@ def test_configured_access_log_writes_bare_json_lines() -> None:
             logger.removeHandler(handler)
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
-    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["x", "y"]
+    assert [json.loads(line)["request_id"] for line in out.getvalue().split("\n") if line] == [
+        "x",
+        "y",
+    ]

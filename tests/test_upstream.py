@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -13,7 +14,9 @@ from router.errors import (
     ContextTooLong,
     FlashproError,
     UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
@@ -150,7 +153,8 @@ SHAPES: list[dict[str, Any]] = [
             "frequency_penalty": 0.2,
             "logprobs": False,
             "response_format": {"type": "json_object"},
-        }
+        },
+        "text": "Say something in JSON.",
     },
     {
         "model": "deepseek/deepseek-v4-pro",
@@ -269,7 +273,8 @@ ERRORS: list[tuple[dict[str, Any], type[FlashproError], int, dict[str, str]]] = 
         {"Retry-After": "2"},
     ),
     ({"text": "x [[sim:status=500]]"}, UpstreamError, 502, {}),
-    ({"text": "x [[sim:status=503]]"}, UpstreamError, 502, {}),
+    ({"text": "x [[sim:status=503]]"}, UpstreamOverloaded, 503, {}),
+    ({"text": "x [[sim:status=402]]"}, UpstreamBalanceExhausted, 503, {}),
     ({"text": "x [[sim:status=404]]"}, UpstreamRejected, 404, {}),
     ({"text": "x [[sim:status=422]]"}, UpstreamRejected, 422, {}),
     ({"text": "x [[sim:delay_ms=3000]]", "timeout_s": 0.5}, UpstreamTimeout, 504, {}),
@@ -408,11 +413,26 @@ def test_other_providers_go_through_litellm() -> None:
 
 
 def test_transport_setting_picks_the_upstream() -> None:
-    assert isinstance(open_upstream("litellm", ()), LiteLLMUpstream)
-
     async def go() -> None:
-        chosen = open_upstream("direct", ())
-        assert isinstance(chosen, ByProvider)
-        await chosen.aclose()
+        for transport, chat_direct in (("litellm", False), ("direct", True)):
+            chosen = open_upstream(transport, ())
+            assert isinstance(chosen, ByProvider) and isinstance(chosen.other, LiteLLMUpstream)
+            assert chosen.chat_direct is chat_direct
+            await chosen.aclose()
 
     asyncio.run(go())
+
+
+def test_anthropic_format_calls_always_go_direct() -> None:
+    other = Recording()
+
+    async def go() -> None:
+        switch = ByProvider(DirectUpstream(), other, chat_direct=False)
+        chat = UpstreamCall("deepseek/deepseek-v4-pro", [], {}, "enabled", "high", None, None, 1.0)
+        await switch.complete(chat)
+        messages = replace(chat, wire="messages")
+        assert switch._for(messages) is switch.direct
+        await switch.aclose()
+
+    asyncio.run(go())
+    assert other.models == ["deepseek/deepseek-v4-pro"]

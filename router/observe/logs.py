@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from router.observe.observer import RequestRecord
+from router.observe.record import RequestRecord
 
 ACCESS_LOGGER = "flashpro.access"
 
@@ -25,6 +24,7 @@ def access_line(record: RequestRecord) -> dict[str, Any]:
     line: dict[str, Any] = {
         "event": "request",
         "request_id": record.request_id,
+        "api": record.api,
         "tenant": record.tenant,
         "alias": decision.alias if decision else None,
         "score": round(decision.score, 4) if decision else None,

@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from router.observe.observer import RequestRecord
-    from router.routing.decision import Decision
+from router.observe.record import RequestRecord
+from router.routing.decision import Decision
 
 BUCKET_S = 10
 WINDOW_S = 30 * 60

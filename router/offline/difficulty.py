@@ -16,7 +16,6 @@ each family on its own: Spearman against levels, AUC where the label is binary (
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from router.offline.inputs import read_jsonl, row_error
 from router.schemas import ChatRequest
 
 # Where each known family sits on the absolute scale, and the target of the report.
@@ -111,13 +111,15 @@ def difficulty_row(obj: Mapping[str, Any]) -> DifficultyRow:
 
 
 def read_difficulty(paths: Iterable[Path]) -> list[DifficultyRow]:
-    """Rows of every file (JSON Lines split on newlines only)."""
-    return [
-        difficulty_row(json.loads(line))
-        for path in paths
-        for line in path.read_text(encoding="utf-8").split("\n")
-        if line.strip()
-    ]
+    """Rows of every file (one problem raises `InputError` naming its file and line)."""
+    rows = []
+    for path in paths:
+        for number, obj in read_jsonl(path):
+            try:
+                rows.append(difficulty_row(obj))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise row_error(f"{path}:{number}", exc) from None
+    return rows
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -217,8 +219,9 @@ def family_reports(rows: Sequence[DifficultyRow], scores: Sequence[float]) -> li
 
 
 def print_family_reports(reports: Sequence[FamilyReport], file: Any = None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from router.offline.terminal import table_console
 
     table = Table(
         title="difficulty: does the score rise with known difficulty? (each family on its own)"
@@ -236,4 +239,4 @@ def print_family_reports(reports: Sequence[FamilyReport], file: Any = None) -> N
             table.add_row(
                 "", "", "spearman", f"{r.spearman_model:.3f}", f"{r.spearman_length:.3f}", ""
             )
-    Console(file=file, width=100).print(table)
+    table_console(file=file).print(table)

@@ -53,6 +53,7 @@ from router.offline.evaluate import (
     report,
     routing_curve,
 )
+from router.offline.inputs import InputError
 from router.routing.classify import Blend, Calibration, DifficultyClassifier, Head
 from router.routing.features import DENSE_NAMES, HASH_BUCKETS, N_DENSE, N_FEATURES, extract
 from router.schemas import ChatRequest
@@ -356,27 +357,37 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources",
         default=",".join(DEFAULT_SOURCES),
-        help="comma-separated routing sources to fit on ('all' for every source; log rows count "
-        "as their own 'source', default 'traffic')",
+        help=f"comma-separated routing sources to fit on (default: {','.join(DEFAULT_SOURCES)}, "
+        "the routing data whose licences allow it; 'all' for every source). Rows of flashpro's "
+        "own traffic (decision log, feedback) are always kept",
     )
 
 
 def _allowed(rows: Sequence[LabelledRow], sources: str) -> list[LabelledRow]:
     if sources == "all":
         return list(rows)
-    keep = {s.strip() for s in sources.split(",")} | {"traffic"}
-    return [r for r in rows if r.source in keep]
+    keep = {s.strip() for s in sources.split(",")}
+    return [r for r in rows if r.traffic or r.source in keep]
 
 
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    routing = _allowed(read_rows(args.data), args.sources)
+    with console.status(f"reading {args.data} ..."):  # shown at once, on a terminal only
+        rows = read_rows(args.data)
+        difficulty = read_difficulty(args.difficulty)
+    routing = _allowed(rows, args.sources)
     if not routing:
-        console.print("no training rows left after the --sources filter")
-        return 2
-    difficulty = read_difficulty(args.difficulty)
+        found = ", ".join(sorted({r.source for r in rows})) or "none"
+        raise InputError(
+            f"{args.data}: no rows left after --sources {args.sources} (sources found: {found})"
+        )
+    console.print(
+        f"{args.data}: {len(routing)} of {len(rows)} rows kept (--sources {args.sources})"
+    )
+    if difficulty:
+        console.print(f"difficulty files: {len(difficulty)} rows")
     sources = sorted({r.source for r in routing})
     classifier = fit(routing, difficulty, sources, log=console)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -334,7 +334,7 @@ def text_features(text: str, prompt_chars: int | None = None) -> Features:
     cues = count_cues(window, words if len(normalised) <= CUE_CHARS else None)
     head = text[:2000]
     dense = (
-        math.log1p(len(text)) / 8.0,
+        math.log1p(sum(map(len, words)) + len(words)) / 8.0,  # of the tokens: numbers count as one
         math.log1p(len(words)) / 7.0,
         math.log1p(text.count("\n")) / 4.0,
         math.log1p(len(_NUMBER.findall(window))) / 4.0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.routing.limits import Limits, check_key_digests, limit_problems
+from router.routing.problems import Problems, describe, yaml_problem
 
 Thinking = Literal["enabled", "disabled"]
 Effort = Literal["low", "high", "max"]
@@ -23,11 +26,21 @@ class _Strict(BaseModel):
 
 
 class Prices(_Strict):
-    """USD per million tokens. Prices change: keep them here, never in code."""
+    """USD per million tokens, per token class DeepSeek bills. Prices change: keep them here,
+    never in code."""
 
     input_usd_per_mtok: float = Field(ge=0, description="Cache-miss input tokens.")
     cached_input_usd_per_mtok: float = Field(ge=0, description="Cache-hit input tokens.")
     output_usd_per_mtok: float = Field(ge=0, description="Output tokens, reasoning included.")
+
+    def scaled(self, factor: float) -> Prices:
+        if factor == 1.0:
+            return self
+        return Prices(
+            input_usd_per_mtok=self.input_usd_per_mtok * factor,
+            cached_input_usd_per_mtok=self.cached_input_usd_per_mtok * factor,
+            output_usd_per_mtok=self.output_usd_per_mtok * factor,
+        )
 
 
 class LatencyProfile(_Strict):
@@ -43,10 +56,46 @@ class Tier(_Strict):
     reasoning_effort: Effort | None = Field(
         default=None, description="Effort when thinking is enabled (high or max)."
     )
-    prices: Prices = Field(description="Prices used for cost headers and estimates.")
+    prices: Prices = Field(
+        description="Prices used for cost headers, budgets and estimates (peak prices when "
+        "`off_peak` is set)."
+    )
+    off_peak_prices: Prices | None = Field(
+        default=None,
+        description="Prices in the policy's off-peak hours; unset: `prices` times "
+        "`off_peak.discount`.",
+    )
+    vision: bool = Field(
+        default=False,
+        description="The model reads image parts. Requests with images go only to such tiers "
+        "(DeepSeek: Flash reads images, Pro does not); with none allowed they get a 400.",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Upstream calls in flight per flashpro process for this tier's account and "
+        "model (tiers sharing both share the count). Past it a request waits up to "
+        "`queue_ms`, then falls back or gets 503 with Retry-After. DeepSeek answers 429 above "
+        "2,500 (Flash) / 500 (Pro) per account. Unset: no cap.",
+    )
+    queue_ms: float = Field(
+        default=2000,
+        ge=0,
+        description="How long a request waits for a free slot under `max_concurrency`.",
+    )
+    deprecated_ids: list[str] = Field(
+        default_factory=list,
+        description="Retired upstream model ids clients may still send to pin this tier; "
+        "answers carry a `deprecation` note in x-flashpro-reason.",
+    )
     latency: LatencyProfile = Field(description="Latency profile used for estimates.")
     api_base: str | None = Field(
         default=None, description="Upstream base URL; defaults to DEEPSEEK_API_BASE."
+    )
+    api_base_anthropic: str | None = Field(
+        default=None,
+        description="Anthropic-format base URL that /v1/messages calls go to; defaults to "
+        "DEEPSEEK_ANTHROPIC_API_BASE, else https://api.deepseek.com/anthropic.",
     )
     api_key_env: str = Field(
         default="DEEPSEEK_API_KEY", description="Name of the env var holding the upstream key."
@@ -124,6 +173,16 @@ class Rule(_Strict):
     description: str = Field(default="", description="Why the rule exists.")
     when: Condition
     then: Action
+
+
+class ModelPattern(_Strict):
+    """Model names routed by pattern: the names agents send (`claude-*`) that no alias lists."""
+
+    match: str = Field(
+        min_length=1,
+        description="A model-name pattern: `*` matches any run of characters, e.g. claude-*opus*.",
+    )
+    alias: str = Field(description="The alias that routes the names it matches.")
 
 
 class Alias(_Strict):
@@ -246,6 +305,11 @@ class Policy(Limits):
     tiers: dict[str, Tier] = Field(min_length=1, description="Tiers, cheapest first.")
     aliases: dict[str, Alias] = Field(min_length=1, description="Model names that are routed.")
     rules: list[Rule] = Field(default_factory=list, description="Ordered; first match wins.")
+    model_patterns: list[ModelPattern] = Field(
+        default_factory=list,
+        description="Model names routed by pattern, first match wins, after the aliases and "
+        "the tiers' names and model ids (which pin).",
+    )
     cache: CachePolicy = Field(default_factory=CachePolicy, description="The response cache.")
     observability: Observability = Field(
         default_factory=Observability, description="Metrics labels, logs and the decision log."
@@ -255,20 +319,37 @@ class Policy(Limits):
     def _cross_references(self) -> Policy:
         problems = list(_cross_reference_problems(self))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def rank(self, tier: str) -> int:
         return list(self.tiers).index(tier)
 
     def tier_for_model(self, model: str) -> str | None:
-        """The tier a client pins by naming it or its upstream model id."""
+        """The tier a client pins by naming it, its upstream model id or a deprecated id."""
         if model in self.tiers:
             return model
         for name, tier in self.tiers.items():
             if model in (tier.model, tier.model_name):
                 return name
+        for name, tier in self.tiers.items():
+            if model in tier.deprecated_ids:
+                return name
         return None
+
+    def alias_for_pattern(self, model: str) -> str | None:
+        """The alias of the first `model_patterns` entry that matches the name."""
+        for pattern in self.model_patterns:
+            if fnmatchcase(model, pattern.match):
+                return pattern.alias
+        return None
+
+    def prices_at(self, tier: str, now: datetime) -> Prices:
+        """The tier's prices at `now` (UTC): off-peak prices in the off-peak hours."""
+        spec = self.tiers[tier]
+        if self.off_peak is None or not self.off_peak.active(now):
+            return spec.prices
+        return spec.off_peak_prices or spec.prices.scaled(self.off_peak.discount)
 
 
 def _cross_reference_problems(policy: Policy) -> list[str]:
@@ -294,6 +375,13 @@ def _cross_reference_problems(policy: Policy) -> list[str]:
         if values != sorted(values, reverse=not ascending):
             order = "ascend" if ascending else "descend"
             problems.append(f"aliases.{name}.{field}: values must {order} with the tier order")
+    for i, pattern in enumerate(policy.model_patterns):
+        if pattern.alias not in policy.aliases:
+            known_aliases = ", ".join(policy.aliases)
+            problems.append(
+                f"model_patterns[{i}].alias: unknown alias '{pattern.alias}' "
+                f"(aliases: {known_aliases})"
+            )
     seen: set[str] = set()
     for i, rule in enumerate(policy.rules):
         if rule.name in seen:
@@ -321,19 +409,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
+        raise PolicyError(source, [yaml_problem(exc, source)]) from exc
     if not isinstance(data, dict):
         raise PolicyError(source, ["the document must be a mapping"])
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(source, [_describe(error) for error in exc.errors()]) from exc
-
-
-def _describe(error: Any) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
+        raise PolicyError(source, describe(exc.errors(), Policy)) from exc
 
 
 def load_policy(path: Path | None = None) -> tuple[Policy, str]:

@@ -138,6 +138,7 @@ class Controls:
             strong_share=share,
             group=caller.group,
             affinity_tier=affinity,
+            now=now,
         )
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
@@ -179,9 +180,17 @@ class Controls:
         await self.ledger.aclose()
 
 
-def open_controls(redis_url: str | None, environ: Mapping[str, str]) -> Controls:
-    """Redis-backed ledger and share window when a URL is configured, else in-process ones."""
+def open_controls(
+    redis_url: str | None, environ: Mapping[str, str], namespace: str = ""
+) -> Controls:
+    """Redis-backed ledger and share window when a URL is configured, else in-process ones.
+    `namespace` (the upstream set, router/routing/routed.py) keeps each upstream's spend and
+    share apart in a shared Redis."""
     if not redis_url:
         return Controls(environ=environ)
     client = store.connect(redis_url)
-    return Controls(ledger=RedisLedger(client), shares=RedisShareWindow(client), environ=environ)
+    return Controls(
+        ledger=RedisLedger(client, namespace=namespace),
+        shares=RedisShareWindow(client, namespace=namespace),
+        environ=environ,
+    )

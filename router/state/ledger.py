@@ -61,15 +61,18 @@ _MONTH_S = 32 * 86_400
 
 
 class RedisLedger:
-    def __init__(self, client: Client, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self, client: Client, log: logging.Logger | None = None, namespace: str = ""
+    ) -> None:
+        # spend is kept per upstream set: a simulated flashpro never charges a real one's budget
+        self._prefix = f"{PREFIX}:spend:{namespace}" if namespace else f"{PREFIX}:spend"
         self._client = client
         self._fallback = MemoryLedger()
         self._outage = Outage("spend ledger", log or logging.getLogger("flashpro.store"))
 
-    @staticmethod
-    def _keys(scope: str, now: float) -> tuple[str, str]:
+    def _keys(self, scope: str, now: float) -> tuple[str, str]:
         day, month = periods(now)
-        return f"{PREFIX}:spend:{scope}:d:{day}", f"{PREFIX}:spend:{scope}:m:{month}"
+        return f"{self._prefix}:{scope}:d:{day}", f"{self._prefix}:{scope}:m:{month}"
 
     async def spent(self, scopes: Sequence[str], now: float) -> list[tuple[float, float]]:
         keys = [key for scope in scopes for key in self._keys(scope, now)]

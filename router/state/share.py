@@ -42,7 +42,10 @@ class RedisShareWindow:
 
     BUCKETS = 30
 
-    def __init__(self, client: Client, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self, client: Client, log: logging.Logger | None = None, namespace: str = ""
+    ) -> None:
+        self._prefix = f"{PREFIX}:share:{namespace}" if namespace else f"{PREFIX}:share"
         self._client = client
         self._fallback = MemoryShareWindow()
         self._outage = Outage("share window", log or logging.getLogger("flashpro.store"))
@@ -54,7 +57,7 @@ class RedisShareWindow:
     async def share(self, window_s: int, now: float) -> float | None:
         width, current = self._bucket(window_s, now)
         count = max(1, window_s // width)
-        keys = [f"{PREFIX}:share:{window_s}:{b}" for b in range(current - count + 1, current + 1)]
+        keys = [f"{self._prefix}:{window_s}:{b}" for b in range(current - count + 1, current + 1)]
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -70,7 +73,7 @@ class RedisShareWindow:
 
     async def add(self, strong: bool, window_s: int, now: float) -> None:
         width, current = self._bucket(window_s, now)
-        key = f"{PREFIX}:share:{window_s}:{current}"
+        key = f"{self._prefix}:{window_s}:{current}"
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hincrby(key, "total", 1)
