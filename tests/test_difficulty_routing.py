@@ -178,3 +178,21 @@ def test_an_agent_asking_for_a_subtle_concurrency_fix_goes_to_pro() -> None:
     )
     assessment, tier = routed(agent_turn(latest))
     assert tier == "pro", assessment
+
+
+def test_a_capped_short_answer_stays_on_flash_whatever_the_text() -> None:
+    bug = (
+        "tests/test_queue.py::test_parallel_workers fails now and then: a task runs twice or "
+        "never completes. Find the race condition in the worker pool and fix it."
+    )
+    title = {
+        "messages": [
+            {"role": "system", "content": "Write a 3-6 word title for this conversation."},
+            {"role": "user", "content": bug},
+        ],
+        "max_tokens": 60,
+    }
+    assessment, tier = routed(title)
+    assert tier == "flash", assessment
+    assert assessment.reasons[0].startswith("short answer asked (60 tokens)")
+    assert RANK[ask(bug)[1]] >= RANK["pro"]

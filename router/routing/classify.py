@@ -54,6 +54,11 @@ _PYTHON_SUM_MAX = 48
 _MAX_REASONS = 3
 _MIN_REASON = 0.02
 REASONING_DIFFICULTY = 0.6  # from here on a request counts as reasoning-heavy
+# A request that caps its answer this short leaves no room for a stronger tier's thinking (and
+# is what agents' background calls look like: titles, one-line summaries, topic checks): its
+# difficulty is lowered by SHORT_ANSWER_DISCOUNT.
+SHORT_ANSWER_TOKENS = 512
+SHORT_ANSWER_DISCOUNT = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,13 +274,19 @@ class DifficultyClassifier:
     def assess(self, request: ChatRequest) -> Assessment:
         features = extract(request)
         difficulty, gain = self.parts(features)
+        reasons = self.reasons(features)
+        limit = request.output_limit()
+        if limit is not None and limit <= SHORT_ANSWER_TOKENS:
+            difficulty -= SHORT_ANSWER_DISCOUNT
+            reasons = (f"short answer asked ({limit} tokens) {-SHORT_ANSWER_DISCOUNT:+.2f}",)
+            reasons += self.reasons(features)[: _MAX_REASONS - 1]
         return Assessment(
             self.blend.score(difficulty, gain),
             needs_reasoning(features, difficulty),
             _token_estimate(features.prompt_chars, len(request.messages)),
             difficulty,
             _sigmoid(gain),
-            self.reasons(features),
+            reasons,
         )
 
     def save(self, path: Path) -> None:
