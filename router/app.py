@@ -28,6 +28,7 @@ from router.settings import Settings
 from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
+from router.state.store import open_store
 from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
@@ -40,6 +41,7 @@ def build_deps(settings: Settings) -> Deps:
     classifier = load_classifier(settings.classifier)
     routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
     secrets = tuple(key for key in routing.keys.values() if key)
+    shared = open_store(settings.redis_url)  # budgets, share window and rate limits: one breaker
     return Deps(
         routing=routing,
         classifier=classifier,
@@ -47,8 +49,8 @@ def build_deps(settings: Settings) -> Deps:
         memory=ReasoningMemory(),
         api_base=settings.deepseek_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
-        controls=open_controls(settings.redis_url, os.environ),
-        rates=open_rate_limiter(settings.redis_url),
+        controls=open_controls(shared, os.environ),
+        rates=open_rate_limiter(shared),
         observer=Observer.for_policy(policy),
     )
 

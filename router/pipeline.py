@@ -16,6 +16,7 @@ from router.errors import UpstreamError
 from router.observe.observer import Observer
 from router.observe.record import record_of
 from router.routing.auth import authorize
+from router.routing.budget import Hold, expected_usage
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
@@ -133,8 +134,43 @@ async def admit(
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
     routed = route(deps, request, headers, state, routing, caller, request_id)
+    routed = await hold(deps, routed, state)
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
+
+
+async def hold(deps: Deps, routed: Routed, state: RoutingState) -> Routed:
+    """Hold the answer's expected cost against the caller's budgets until it is charged. The
+    check and the hold are one atomic step across processes (router/state/ledger.py): a budget
+    that requests in flight have taken meanwhile routes the request again under the spend that
+    refused it (reject: 429; downgrade: the cheaper tier, held without a check)."""
+    if not state.spent:
+        return routed
+    routing = _routing(deps, routed)
+    check = not routed.decision.rule.startswith("budget:")  # a downgrade is served regardless
+    held = await deps.controls.hold(routing.policy, routed.caller, estimate(deps, routed), check)
+    if isinstance(held, tuple):
+        state = replace(state, spent=held)
+        args = (routed.request, routed.headers, state, routing, routed.caller, routed.request_id)
+        routed = route(deps, *args)  # raises when the budget rejects
+        held = await deps.controls.hold(
+            routing.policy, routed.caller, estimate(deps, routed), False
+        )
+    return replace(routed, hold=held) if isinstance(held, Hold) else routed
+
+
+def estimate(deps: Deps, routed: Routed) -> float:
+    """What the routed request is expected to cost: its prompt and the tier's expected answer
+    at the tier's prices."""
+    tier = _routing(deps, routed).policy.tiers[routed.decision.tier]
+    usage = expected_usage(tier, routed.assessment.prompt_tokens, routed.caller.max_tokens)
+    return price(deps, routed.decision, usage, routed.routing)
+
+
+async def release(deps: Deps, routed: Routed) -> None:
+    """Give back a request's budget hold when it was not charged (an error, a cache hit);
+    nothing once it was."""
+    await deps.controls.release(routed.hold)
 
 
 async def preview(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> Routed:
@@ -217,14 +253,22 @@ async def _charge(
     latency unless `total_ms` is None (an answer cut short)."""
     policy = _routing(deps, routed).policy
     await deps.controls.answered(
-        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms
+        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms, routed.hold
     )
     tokens = usage.prompt_tokens + usage.completion_tokens
     await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
 
 
 async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answer:
-    """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
+    """A whole answer: from the cache if it has one, else from the upstream (coalesced). The
+    budget hold is settled by the charge, or given back."""
+    try:
+        return await _complete(deps, routed, plan)
+    finally:
+        await release(deps, routed)
+
+
+async def _complete(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
         return _cached(deps, routed, entry)
     if not plan.coalesce:
@@ -338,7 +382,19 @@ def _produced_by(decision: Decision, entry: Entry) -> Decision:
 
 async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> StreamAnswer:
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
-    failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
+    failures surface as a status). Streams are not coalesced: see router/state/cache.py. The
+    budget hold is given back unless a stream opens; its end (or cut) settles it."""
+    try:
+        opened = await _open_stream(deps, routed, plan)
+    except BaseException:
+        await release(deps, routed)
+        raise
+    if opened.cache == "hit":
+        await release(deps, routed)
+    return opened
+
+
+async def _open_stream(deps: Deps, routed: Routed, plan: CachePlan) -> StreamAnswer:
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
         replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
         decision = _produced_by(routed.decision, entry)

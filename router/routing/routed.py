@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from router.routing.budget import Hold
 from router.routing.callers import Caller
 from router.routing.classify import Assessment
 from router.routing.decide import resolve_thresholds
@@ -48,6 +49,7 @@ class Routed:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     request_id: str = ""
     admitted_at: float = field(default_factory=time.monotonic)
+    hold: Hold | None = None  # the expected cost reserved against the caller's budgets
 
 
 class RoutingHolder:
