@@ -132,7 +132,7 @@ def rss_mb(pid: int, peak: bool = False) -> float:
             status = Path(f"/proc/{each}/status").read_text()
         except OSError:
             continue
-        for line in status.splitlines():
+        for line in status.split("\n"):
             if line.startswith(key):
                 total += int(line.split()[1])
     return total / 1024

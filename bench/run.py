@@ -3,13 +3,13 @@ processes (simulated DeepSeek, flashpro, LiteLLM's proxy, redis-server, nginx) a
 
 Run: make bench   (or: python bench/run.py [--seconds 8] [--streams 1000] [--no-litellm-proxy])
 
-Non-streaming: wrk at 8 and 64 keep-alive connections against the simulator at speed 0 (no
-latency: what is measured is the proxy), directly and through each proxy; flashpro with its
-direct transport and with litellm, with 1 and 2 uvicorn workers, two processes sharing one Redis
-behind nginx, and a cache-hit path. Streaming: N concurrent streams of the pro-max tier from the
-simulator at speed 1 (35 tokens/s), chunk arrival gaps compared with the upstream alone. Also
-CPU and peak RSS of each flashpro process tree, and the classifier's scoring time. Prints a
-table; writes bench/results/bench-<time>.json (git-ignored).
+Non-streaming: wrk at 8 and 64 keep-alive connections against the simulator at speed 0 (no latency:
+what is measured is the proxy), directly and through each proxy; flashpro with its direct transport
+(chat completions and the Responses front door) and with litellm, with 1 and 2 uvicorn workers, two
+processes sharing one Redis behind nginx, and a cache-hit path. Streaming: N concurrent streams of
+the pro-max tier from the simulator at speed 1 (35 tokens/s), chunk arrival gaps compared with the
+upstream alone. Also CPU and peak RSS of each flashpro process tree, and the classifier's scoring
+time. Prints a table; writes bench/results/bench-<time>.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ PLAIN = {
     "litellm": body(model="flash", messages=NUMBERED),
 }
 CACHEABLE = body(model="flash", messages=QUESTION, temperature=0)
+# the same question through the Responses front door (translated to the same chat request)
+RESPONSES = body(model="flash", input=f"Question {VARY}: what is the capital of France?")
 STREAM = {
     "direct": body(
         model="deepseek-v4-pro",
@@ -390,6 +392,7 @@ def main() -> int:
                 with flashpro(upstream, workers, FLASHPRO_TRANSPORT=transport) as (url, pid):
                     measure(name, url + "/v1/chat/completions", PLAIN["flashpro"], pid)
                     if workers == 1 and transport == "direct":
+                        measure("flashpro /v1/responses", url + "/v1/responses", RESPONSES, pid)
                         check_cache_hit(url)
                         hit = wrk(
                             url + "/v1/chat/completions", CACHEABLE, 8, seconds, bench_auth, pid
@@ -470,6 +473,15 @@ def report(results: dict[str, Any]) -> None:
             )
     proxy = rows.get("LiteLLM proxy")
     ours = rows.get("flashpro direct transport")
+    responses = rows.get("flashpro /v1/responses")
+    if responses and ours:
+        for key in ("c8", "c64"):
+            added = responses[key]["p50_ms"] - ours[key]["p50_ms"]
+            ratio = responses[key]["requests_s"] / ours[key]["requests_s"]
+            print(
+                f"/v1/responses vs chat completions at {key[1:]} connections: {added:+.2f} ms "
+                f"p50, {ratio:.2f}x the throughput"
+            )
     if proxy and ours:
         for key in ("c8", "c64"):
             ratio = ours[key]["requests_s"] / proxy[key]["requests_s"]

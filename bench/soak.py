@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,7 @@ def judge_stream(response: httpx.Response, lines: list[str], policy: Policy) -> 
     tier = response.headers.get("x-flashpro-tier")
     cost = 0.0
     if usage is not None and tier in policy.tiers and response.headers["x-flashpro-cache"] != "hit":
-        cost = cost_usd(Usage.from_wire(usage), policy.tiers[tier].prices)
+        cost = cost_usd(Usage.from_wire(usage), policy.prices_at(tier, datetime.now(UTC)))
     return Outcome("answered", 200, cost, tier, chunks)
 
 
@@ -182,7 +183,7 @@ def rss_kib(pid: int | None) -> int | None:
     if pid is None:
         return None
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().split("\n"):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except OSError:

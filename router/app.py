@@ -13,11 +13,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from router.errors import FlashproError, InvalidRequest, RouteNotFound, internal_error_envelope
+from router.errors import (
+    FlashproError,
+    InvalidRequest,
+    MethodNotAllowed,
+    RouteNotFound,
+    internal_error_envelope,
+)
 from router.http.api import api, json_response, request_id_of
 from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.http.monitor import monitor
 from router.http.reload import hot_reload
+from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
 from router.pipeline import Deps
@@ -28,8 +35,9 @@ from router.settings import Settings
 from router.state.controls import open_controls
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
+from router.state.reasoning import open_reasoning
+from router.state.responses import open_response_store
 from router.state.store import open_store
-from router.upstream.reasoning import ReasoningMemory
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
@@ -46,24 +54,33 @@ def build_deps(settings: Settings) -> Deps:
         routing=routing,
         classifier=classifier,
         upstream=open_upstream(settings.transport, secrets),
-        memory=ReasoningMemory(),
+        memory=open_reasoning(settings.redis_url),
         api_base=settings.deepseek_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
-        controls=open_controls(shared, os.environ),
+        controls=open_controls(shared, os.environ, routing.upstreams(settings.deepseek_api_base)),
         rates=open_rate_limiter(shared),
         observer=Observer.for_policy(policy),
+        responses=open_response_store(
+            settings.redis_url,
+            settings.responses_ttl_seconds,
+            settings.responses_max_entry_bytes,
+        ),
     )
 
 
 class FlashproApp(FastAPI):
-    """FastAPI for every endpoint but the hot one: chat completions go straight to their bare
-    ASGI handler (router/http/chat.py), past the framework's routing and response layers."""
+    """FastAPI for every endpoint but the proxied ones: chat completions and responses go
+    straight to their bare ASGI handlers (router/http/chat.py, router/http/responses.py), past
+    the framework's routing and response layers."""
 
     chat: ChatEndpoint
+    responses: ResponsesEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self.chat(scope, receive, send)
+        elif scope["type"] == "http" and is_responses_path(scope["path"]):
+            await self.responses(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -89,13 +106,20 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
             yield
         await app.state.deps.cache.aclose()
         await live.controls.aclose()
+        await live.memory.aclose()
         await live.rates.aclose()
+        await live.responses.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()
 
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
-    app.chat = ChatEndpoint(lambda: app.state.deps, settings.max_body_bytes)
+    app.chat = ChatEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
+    app.responses = ResponsesEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
     app.state.settings = settings
     app.state.started_at = time.time()
     app.include_router(api)
@@ -129,7 +153,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    error = RouteNotFound(str(exc.detail), status=exc.status_code)
+    headers = dict(exc.headers or {})  # a 405 says which methods the endpoint takes
+    if exc.status_code == 405:
+        error: FlashproError = MethodNotAllowed(str(exc.detail), headers=headers)
+    elif exc.status_code == 404:
+        error = RouteNotFound(str(exc.detail), headers=headers)
+    else:
+        error = FlashproError(str(exc.detail), status=exc.status_code, headers=headers)
     return await _flashpro_error(request, error)
 
 

@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from router.errors import UpstreamError
+from router.errors import (
+    FlashproError,
+    UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
+    UpstreamError,
+    UpstreamSaturated,
+)
 from router.observe.observer import Observer
 from router.observe.record import record_of
 from router.routing.auth import authorize
@@ -22,7 +29,7 @@ from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
 from router.routing.cost import Usage, cost_usd
 from router.routing.decide import decide
-from router.routing.decision import Decision, RequestFacts
+from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
@@ -33,14 +40,18 @@ from router.state.cache import (
     Entry,
     ResponseCache,
     is_complete,
+    namespace_of,
     plan_for,
 )
 from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
+from router.state.reasoning import ReasoningStore
+from router.state.responses import ResponseStore
 from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
-from router.upstream.reasoning import ReasoningMemory
+from router.upstream.concurrency import Concurrency, Held
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
+from router.upstream.shaping import shape, user_id_of
 
 T = TypeVar("T")
 
@@ -52,13 +63,15 @@ class Deps:
     routing: Routing
     classifier: Classifier
     upstream: Upstream
-    memory: ReasoningMemory
+    memory: ReasoningStore  # reasoning of tool-call turns (Redis with REDIS_URL)
     api_base: str | None  # default upstream base URL for tiers that give none
     cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
     controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
     resilience: Resilience = field(default_factory=Resilience)  # retries, fallbacks, breakers
+    concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
+    responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -92,17 +105,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-
-
-def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
-    return RequestFacts(
-        model=request.model,
-        tools=bool(request.tools),
-        json_output=request.wants_json(),
-        stream=request.stream,
-        prompt_tokens=prompt_tokens,
-        headers=headers,
-    )
 
 
 def route(
@@ -198,32 +200,65 @@ def _routing(deps: Deps, routed: Routed) -> Routing:
 
 
 def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CachePlan:
-    """Which cache entries may answer the routed request, and whether to store its answer."""
-    policy = _routing(deps, routed).policy
-    return plan_for(policy, routed.request, routed.decision.tier, headers)
-
-
-def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """Which cache entries may answer the routed request (answers of the same upstream only),
+    and whether to store its answer."""
     routing = _routing(deps, routed)
-    tier = routing.policy.tiers[routed.decision.tier]
-    messages = deps.memory.restore(routed.request.messages)
-    return UpstreamCall(
-        model=tier.model,
-        messages=[m.model_dump(exclude_none=True) for m in messages],
-        params=routed.request.upstream_params(),
-        thinking=tier.thinking,
-        reasoning_effort=tier.reasoning_effort,
-        api_base=tier.api_base or deps.api_base,
-        api_key=routing.keys.get(tier.api_key_env),
-        timeout_s=tier.timeout_s,
-    )
+    upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
+    return plan_for(routing.policy, routed.request, routed.decision.tier, headers, upstreams)
+
+
+def _namespace(deps: Deps, routed: Routed) -> str:
+    """The caller's namespace: its tenant or key hash (router/state/cache.py)."""
+    tenants = _routing(deps, routed).policy.cache.tenants
+    return namespace_of(routed.headers.get("authorization"), tenants)
+
+
+async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
+    """The call to the routed tier: reasoning of earlier tool-call turns restored, shaped to
+    DeepSeek's rules (router/upstream/shaping.py), the caller's tenant hash as `user_id`."""
+    routing = _routing(deps, routed)
+    name = routed.decision.tier
+    tier = routing.policy.tiers[name]
+    namespace = _namespace(deps, routed)
+    messages = await deps.memory.restore(namespace, routed.request.messages)
+    dumped = [m.model_dump(exclude_none=True) for m in messages]
+    key = routing.keys.get(tier.api_key_env)
+    call = UpstreamCall.to_tier(tier, dumped, routed.request.upstream_params(), deps.api_base, key)
+    return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
+
+
+async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
+    """A place under the tier's `max_concurrency` (per account and model); its release."""
+    routing, name = _routing(deps, routed), routed.decision.tier
+    tier, metrics = routing.policy.tiers[name], deps.observer.metrics
+    try:
+        return await deps.concurrency.acquire(
+            f"{routing.identity(name, deps.api_base)}:{tier.model}",
+            tier.max_concurrency,
+            tier.queue_ms / 1000,
+            name,
+            lambda in_flight: metrics.upstream_in_flight(tier.model_name, in_flight),
+        )
+    except UpstreamSaturated:
+        metrics.tier_saturated(name)
+        raise
+
+
+def _named(deps: Deps, routed: Routed, exc: BaseException) -> BaseException:
+    """An upstream refusal of flashpro's own account (402, refused key) counted, and a 402
+    naming the account; any other failure as it is."""
+    if not isinstance(exc, UpstreamBalanceExhausted | UpstreamAuthFailed):
+        return exc
+    name, balance = routed.decision.tier, isinstance(exc, UpstreamBalanceExhausted)
+    deps.observer.metrics.account_error(name, "insufficient_balance" if balance else "auth")
+    account = _routing(deps, routed).account(name, deps.api_base)
+    return UpstreamBalanceExhausted.on(name, account) if balance else exc
 
 
 def price(deps: Deps, decision: Decision, usage: Usage, routing: Routing | None = None) -> float:
     """What an answer cost, off-peak discount included."""
     policy = (routing or deps.live).policy
-    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
-    return cost_usd(usage, policy.tiers[decision.tier].prices) * factor
+    return cost_usd(usage, policy.prices_at(decision.tier, datetime.now(UTC)))
 
 
 async def _answered(
@@ -283,10 +318,16 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
-        return await deps.upstream.complete(upstream_call(deps, attempt))
+        release = await _slot(deps, attempt)
+        try:
+            return await deps.upstream.complete(await upstream_call(deps, attempt))
+        except FlashproError as exc:
+            raise _named(deps, attempt, exc)  # noqa: B904 - the same error, or it renamed
+        finally:
+            release()
 
     completion, routed, trail = await resilient(deps, routed, call)
-    deps.memory.remember(completion.body)
+    await deps.memory.remember(_namespace(deps, routed), completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
     await _store(
@@ -308,8 +349,9 @@ async def resilient(
         return await call(to(decision))
 
     policy = _routing(deps, routed).policy
+    images = routed.request.has_images()
     value, decision, trail = await deps.resilience.call(
-        policy, routed.decision, attempt, routed.caller.group
+        policy, routed.decision, attempt, routed.caller.group, images
     )
     return value, to(decision), trail
 
@@ -333,7 +375,13 @@ async def _store(
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(entry.body, decision, 0.0, "hit", entry.cost_usd)
+    return Answer(_fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
+
+
+def _fresh(body: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer as a new completion: its own id and creation time, as every answer
+    from the upstream has (clients key logs and deduplication on the id)."""
+    return {**body, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
@@ -396,7 +444,7 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
 
 async def _open_stream(deps: Deps, routed: Routed, plan: CachePlan) -> StreamAnswer:
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(entry.body, routed.request.include_usage()))
+        replay = _replay(chunks_of(_fresh(entry.body), routed.request.include_usage()))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
@@ -408,13 +456,18 @@ async def _open_stream(deps: Deps, routed: Routed, plan: CachePlan) -> StreamAns
 
 
 async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator[Chunk]]:
-    """Open the upstream stream and wait for its first chunk, so failures surface here."""
-    chunks = await deps.upstream.stream(upstream_call(deps, routed))
+    """Open the upstream stream and wait for its first chunk, so failures surface here; the
+    stream holds its concurrency slot until it ends."""
+    release = await _slot(deps, routed)
     try:
+        chunks = await deps.upstream.stream(await upstream_call(deps, routed))
         first = await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError("The upstream ended the stream before sending anything.") from None
-    return first, chunks
+    except BaseException as exc:
+        release()
+        if isinstance(exc, StopAsyncIteration):
+            raise UpstreamError("The upstream ended the stream before sending anything.") from None
+        raise _named(deps, routed, exc)  # noqa: B904
+    return first, Held(chunks, release)
 
 
 async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -449,7 +502,7 @@ async def _relay(
             await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
     if assembler.finished:  # not after a client disconnect or an upstream drop
         body = assembler.body()
-        deps.memory.remember(body)
+        await deps.memory.remember(_namespace(deps, routed), body)
         usage = Usage.from_wire(body.get("usage"))
         cost = price(deps, routed.decision, usage, routed.routing)
         started, first_at = timing or (time.monotonic(), None)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 T = TypeVar("T")
 
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})  # content parts that are images
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 # Request fields relayed to the upstream. Everything else a client sends is dropped here, so no
@@ -132,6 +133,17 @@ class ChatRequest(BaseModel):
                     raise ValueError("each tool needs a 'type'")
         return tools
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_shape(cls, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+            raise ValueError("a string tool_choice is 'none', 'auto' or 'required'")
+        if isinstance(choice, dict) and ("function" in choice or choice.get("type") == "function"):
+            function = choice.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("tool_choice.function must be an object with a string 'name'")
+        return choice
+
     def upstream_params(self) -> dict[str, Any]:
         """The allowlisted optional parameters the client set, ready for the upstream call."""
         out: dict[str, Any] = {}
@@ -140,6 +152,13 @@ class ChatRequest(BaseModel):
             if value is not None:
                 out[name] = value
         return out
+
+    def has_images(self) -> bool:
+        """Whether a message carries an image part."""
+        return any(
+            isinstance(m.content, list) and any(p.type in IMAGE_PARTS for p in m.content)
+            for m in self.messages
+        )
 
     def wants_json(self) -> bool:
         fmt = self.response_format

@@ -32,8 +32,44 @@ class Settings(BaseSettings):
     )
     simulated: bool = Field(default=False, description="The upstream is the simulator.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Request line and headers together; a larger head gets 431 before any work.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="From a connection's opening, or a request's first byte, to the end of its "
+        "headers; a slower client gets 408 and is dropped.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="From the end of a request's headers to the end of its body (408 past it).",
+    )
+    max_connections: int = Field(
+        default=4096, ge=1, description="Open client connections per process; past it, 503."
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=200,
+        description="Nesting of objects and arrays in a request body (400 past it). JSON "
+        "nested past 254 levels cannot be relayed or logged.",
+    )
     policy_poll_seconds: float = Field(
         default=1.0, ge=0, description="How often the policy file is checked for edits; 0 = never."
+    )
+    responses_ttl_seconds: int = Field(
+        default=30 * 86_400,
+        ge=1,
+        description="How long /v1/responses keeps a response for previous_response_id and GET.",
+    )
+    responses_max_entry_bytes: int = Field(
+        default=8 * 1_048_576,
+        ge=1024,
+        description="A stored response (its whole conversation) over this size is not kept.",
     )
     log_level: str = "info"
     access_log: bool = Field(

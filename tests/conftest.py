@@ -23,6 +23,7 @@ import uvloop
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from router.app import build_deps, create_app
+from router.http.server import EdgeLimits, FlashproConfig
 from router.pipeline import Deps
 from router.settings import Settings
 from router.simulator.server import (
@@ -155,11 +156,15 @@ def sim(simulator: RunningSimulator) -> RunningSimulator:
 
 
 @contextmanager
-def serve_app(settings: Settings, deps: Deps | None = None) -> Iterator[str]:
-    """Run flashpro in-process (uvicorn in a thread) and yield its base URL."""
+def serve_app(
+    settings: Settings, deps: Deps | None = None, edges: EdgeLimits | None = None
+) -> Iterator[str]:
+    """Run flashpro in-process (uvicorn in a thread, with the server edge `flashpro serve` uses)
+    and yield its base URL."""
     port = free_port()
-    config = uvicorn.Config(
+    config = FlashproConfig(
         create_app(settings, deps),
+        edges=edges,
         host="127.0.0.1",
         port=port,
         log_level="warning",

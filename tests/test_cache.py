@@ -196,8 +196,20 @@ def test_plans_follow_cache_control() -> None:
 def test_only_answers_that_finished_normally_are_complete(
     reasons: list[str | None], complete: bool
 ) -> None:
-    body = {"choices": [{"index": i, "finish_reason": r} for i, r in enumerate(reasons)]}
+    def choice(i: int, reason: str | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "An answer."}
+        if reason == "tool_calls":
+            message = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}
+        return {"index": i, "finish_reason": reason, "message": message}
+
+    body = {"choices": [choice(i, r) for i, r in enumerate(reasons)]}
     assert is_complete(body) is complete
+
+
+@pytest.mark.parametrize("content", ["", "   ", "\n\t ", None])
+def test_blank_answers_are_never_complete(content: str | None) -> None:
+    message = {"role": "assistant", "content": content}
+    assert not is_complete({"choices": [{"index": 0, "finish_reason": "stop", "message": message}]})
 
 
 def test_entries_round_trip_and_garbage_reads_as_a_miss() -> None:

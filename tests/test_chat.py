@@ -171,7 +171,10 @@ def test_access_lines_are_not_flushed_one_by_one() -> None:
         assert out.flushes == 1
     finally:
         _reset_access_log()
-    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["x", "y"]
+    assert [json.loads(line)["request_id"] for line in out.getvalue().split("\n") if line] == [
+        "x",
+        "y",
+    ]
 
 
 def test_the_observer_flushes_the_access_log_while_running_and_at_the_end() -> None:

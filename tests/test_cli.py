@@ -51,7 +51,10 @@ def test_serve_simulate_answers_the_openai_sdk() -> None:
         assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
         running.process.terminate()
         output = running.process.communicate(timeout=15)[0]
-    assert "SIMULATED UPSTREAM" in output
+    assert "SIMULATED UPSTREAM" in output and "--simulate-speed 1" in output
+    # which policy runs, and how to run the file a user may be editing
+    assert "policy: the default embedded in the package" in output
+    assert "flashpro serve --policy policies/default.yaml" in output
 
 
 def test_route_command_explains_a_decision(capsys: pytest.CaptureFixture[str]) -> None:

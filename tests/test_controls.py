@@ -22,8 +22,8 @@ from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
 from router.state.controls import Controls, caller_of, open_controls
 from router.state.ledger import MemoryLedger
+from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
 
 HELLO = ChatRequest.model_validate(
@@ -90,9 +90,10 @@ def test_budget_exhausted_mid_run_rejects_with_429(upstream: RunningSimulator) -
         refused = ask(base, key="alice")
         assert refused.status_code == 429
         error = refused.json()["error"]
-        assert error["type"] == "rate_limit_error"
-        assert error["code"] == "rate_limit_exceeded"
-        assert "budget is exhausted" in error["message"]
+        assert error["type"] == "insufficient_quota"
+        assert error["code"] == "budget_exhausted"
+        assert "per-key monthly budget is spent" in error["message"]
+        assert int(refused.headers["retry-after"]) > 0
         assert ask(base, key="bob").status_code == 200  # another key has its own budget
 
 
@@ -237,8 +238,11 @@ def test_off_peak_discount_applies_to_the_cost_header(upstream: RunningSimulator
         )
     usage = response.json()["usage"]
     hit = usage.get("prompt_cache_hit_tokens") or 0
+    peak = parse_policy(DEFAULT_YAML).tiers["pro"].prices
     full = (
-        hit * 0.174 + (usage["prompt_tokens"] - hit) * 1.74 + usage["completion_tokens"] * 3.48
+        hit * peak.cached_input_usd_per_mtok
+        + (usage["prompt_tokens"] - hit) * peak.input_usd_per_mtok
+        + usage["completion_tokens"] * peak.output_usd_per_mtok
     ) / 1e6
     assert float(response.headers["x-flashpro-cost-usd"]) == pytest.approx(full * 0.5, rel=1e-6)
 

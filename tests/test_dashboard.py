@@ -15,7 +15,9 @@ from router.observe.record import RequestRecord
 from router.observe.rolling import Rolling, percentile
 from router.routing.decision import Decision
 from router.simulator.server import RunningSimulator
+from tests.browser import chromium as devtools_browser
 from tests.conftest import ROOT
+from tests.test_dashboard_layout import MEASURE
 from tests.traffic import Sent, observed_flashpro, send_mix
 
 CHROMIUM_FLAGS = [
@@ -193,3 +195,18 @@ def test_records_in_one_bucket_add_up_and_a_late_record_joins_the_newest() -> No
     series = rolling.snapshot(now=140.0)["series"]
     assert [(b["t"], b["tiers"]) for b in series] == [(140.0, {"flash": 2})]
     assert rolling.snapshot(now=140.0)["totals"]["requests"] == 6
+
+
+@pytest.mark.parametrize("width", [1400, 420])
+def test_dashboard_of_real_traffic_fits_the_window(
+    width: int, traffic: tuple[str, Sent], tmp_path: Path
+) -> None:
+    base, sent = traffic
+    with devtools_browser(tmp_path / "profile") as page:
+        page.open(base + "/dashboard", width)
+        page.wait_for("document.body && document.body.dataset.rendered === '13'")
+        measured = page.evaluate(MEASURE)
+        shot_width, _ = page.screenshot(tmp_path / "shot.png")
+    assert measured["problems"] == [] and shot_width == width
+    ok = [r.headers["x-flashpro-request-id"] for r in sent.responses if r.status_code == 200]
+    assert set(measured["ids"]) == set(ok)  # whole ids, not a shared prefix

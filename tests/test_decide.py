@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import ModelNotFound, RateLimited
+from router.errors import InvalidRequest, ModelNotFound, RateLimited
 from router.routing.classify import Assessment
 from router.routing.constrain import RoutingState, Spent
 from router.routing.decide import decide, resolve_thresholds, target_of
@@ -17,21 +17,21 @@ POLICY_YAML = """
 version: 1
 tiers:
   flash:
-    model: deepseek/deepseek-v4-flash
+    model: deepseek/deepseek-flash
     thinking: disabled
-    prices: {input_usd_per_mtok: 0.14, cached_input_usd_per_mtok: 0.014, output_usd_per_mtok: 0.28}
+    prices: {input_usd_per_mtok: 0.30, cached_input_usd_per_mtok: 0.006, output_usd_per_mtok: 1.20}
     latency: {ttft_ms: 400, tokens_per_s: 90}
   pro:
     model: deepseek/deepseek-v4-pro
     thinking: enabled
     reasoning_effort: high
-    prices: {input_usd_per_mtok: 1.74, cached_input_usd_per_mtok: 0.174, output_usd_per_mtok: 3.48}
+    prices: {input_usd_per_mtok: 1.32, cached_input_usd_per_mtok: 0.044, output_usd_per_mtok: 3.96}
     latency: {ttft_ms: 1200, tokens_per_s: 45}
   pro-max:
     model: deepseek/deepseek-v4-pro
     thinking: enabled
     reasoning_effort: max
-    prices: {input_usd_per_mtok: 1.74, cached_input_usd_per_mtok: 0.174, output_usd_per_mtok: 3.48}
+    prices: {input_usd_per_mtok: 1.32, cached_input_usd_per_mtok: 0.044, output_usd_per_mtok: 3.96}
     latency: {ttft_ms: 2500, tokens_per_s: 35}
 aliases:
   auto: {default_tier: flash, thresholds: {pro: 0.5, pro-max: 0.9}}
@@ -101,7 +101,7 @@ CASES = [
     (RequestFacts("cheap"), 0.95, True, "pro", "threshold:pro>=0.9"),
     (RequestFacts("pro"), 0.0, False, "pro", "pinned:pro"),
     (RequestFacts("pro-max", tools=True), 0.0, False, "pro-max", "pinned:pro-max"),
-    (RequestFacts("deepseek-v4-flash"), 0.99, True, "flash", "pinned:flash"),
+    (RequestFacts("deepseek-flash"), 0.99, True, "flash", "pinned:flash"),
     (RequestFacts("deepseek/deepseek-v4-pro"), 0.0, False, "pro", "pinned:pro"),
 ]
 
@@ -271,3 +271,66 @@ def test_pinned_tier_forbidden_to_the_group_is_not_found(limits_policy: Policy) 
             Assessment(0.1, False, 1),
             RoutingState(group="interns"),
         )
+
+
+def steps(policy: Policy) -> dict[str, Thresholds]:
+    return resolve_thresholds(policy, lambda share: 1.0 - share)
+
+
+def vision_policy(extra: str = "") -> Policy:
+    text = POLICY_YAML.replace(
+        "    model: deepseek/deepseek-flash\n",
+        "    model: deepseek/deepseek-flash\n    vision: true\n",
+    )
+    return parse_policy(text + extra)
+
+
+def test_images_move_a_routed_request_to_the_nearest_tier_that_reads_them() -> None:
+    policy = vision_policy()
+    facts = RequestFacts("auto", images=True)
+    decision = decide(policy, steps(policy), facts, Assessment(0.99, True, 10))
+    assert (decision.tier, decision.rule) == ("flash", "vision")
+    assert "images need a vision tier" in decision.reason
+    plain = decide(policy, steps(policy), RequestFacts("auto"), Assessment(0.99, True, 10))
+    assert plain.tier == "pro-max"
+
+
+def test_images_pinned_to_a_tier_without_vision_are_a_400() -> None:
+    policy = vision_policy()
+    with pytest.raises(InvalidRequest, match=r"'pro'.*does not accept images"):
+        decide(policy, steps(policy), RequestFacts("pro", images=True), Assessment(0.5, False, 10))
+
+
+def test_images_with_no_usable_vision_tier_are_a_400() -> None:
+    policy = parse_policy(POLICY_YAML)  # no tier says vision: true
+    with pytest.raises(InvalidRequest, match="No tier"):
+        decide(
+            policy,
+            steps(policy),
+            RequestFacts("auto", images=True),
+            Assessment(0.1, False, 10),
+        )
+    grouped = vision_policy("groups: {g: {forbidden_tiers: [flash]}}")
+    state = RoutingState(group="g")
+    with pytest.raises(InvalidRequest, match="No tier"):
+        decide(
+            grouped,
+            steps(grouped),
+            RequestFacts("auto", images=True),
+            Assessment(0.1, False, 10),
+            state,
+        )
+
+
+def test_a_deprecated_id_pins_its_tier_with_a_note() -> None:
+    policy = parse_policy(
+        POLICY_YAML.replace(
+            "    model: deepseek/deepseek-flash\n",
+            "    model: deepseek/deepseek-flash\n    deprecated_ids: [deepseek-chat]\n",
+        )
+    )
+    decision = decide(
+        policy, steps(policy), RequestFacts("deepseek-chat"), Assessment(0.5, False, 10)
+    )
+    assert decision.tier == "flash"
+    assert "deprecation: 'deepseek-chat' is a retired id, use 'deepseek-flash'" in decision.reason

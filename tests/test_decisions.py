@@ -3,25 +3,30 @@ train` fits a classifier on the joined log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from router.cli import main
-from router.observe.decisions import DecisionLog, join, label_of
+from router.observe.decisions import DecisionLog, DecisionLogLost, join, label_of
 from router.observe.record import RequestRecord
 from router.offline.evaluate import read_rows
+from router.routing.callers import key_digest
 from router.routing.decision import Decision
+from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
-from tests.conftest import wait_until
+from tests.conftest import ROOT, flashpro_process, wait_until
 from tests.traffic import chat, observed_flashpro
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
 
 
 def test_feedback_appears_joined_to_its_decision_and_trains(
@@ -57,7 +62,7 @@ def test_feedback_appears_joined_to_its_decision_and_trains(
     assert sorted(row.gain for row in rows) == [0.0, 0.0, 1.0, 1.0]
     assert {row.source for row in rows} == {"flash", "pro"}
     artifact = tmp_path / "retrained.npz"
-    assert main(["train", "--data", str(log), "--out", str(artifact), "--sources", "all"]) == 0
+    assert main(["train", "--data", str(log), "--out", str(artifact)]) == 0  # as the README says
     assert artifact.stat().st_size > 0
 
 
@@ -115,3 +120,86 @@ def test_join_keeps_other_formats_and_drops_unrated_decisions() -> None:
     assert rows[:2] == [routing, labelled]
     assert [row["id"] for row in rows[2:]] == ["d1"]
     assert rows[2]["label"] == 1.0 and rows[2]["feedback"]["strong_better"] is True
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def record(rid: str, key: str | None = None, tools: Any = None) -> RequestRecord:
+    decision = Decision("auto", "flash", "m", "disabled", None, 0.2, "threshold", "easy")
+    body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": rid}]}
+    if tools is not None:
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": tools}}]
+    return RequestRecord(rid, 200, decision, request=ChatRequest.model_validate(body), key=key)
+
+
+def test_a_line_that_cannot_be_encoded_is_dropped_and_counted(tmp_path: Path) -> None:
+    drops: list[tuple[str, int]] = []
+    log = DecisionLog(tmp_path / "d.jsonl", on_drop=lambda reason, n: drops.append((reason, n)))
+    log.decision(record("before"))
+    log.decision(record("bad", tools=deep(300)))  # past what orjson writes (254 levels)
+    log.decision(record("after"))
+    log.flush()
+    assert [line["id"] for line in read_log(log.path)] == ["before", "after"]
+    assert log.dropped == 1 and drops == [("unencodable", 1)]
+
+
+async def test_the_flush_task_survives_a_bad_line_and_writes_later_ones(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl", flush_s=0.05)
+    async with log.flushing():
+        log.decision(record("bad", tools=deep(600)))
+        await asyncio.sleep(0.2)  # a flush has run and dropped it
+        log.decision(record("later"))
+        await asyncio.sleep(0.2)
+        assert [line["id"] for line in read_log(log.path)] == ["later"]
+        log.decision(record("last"))
+    assert [line["id"] for line in read_log(log.path)] == ["later", "last"]
+
+
+async def test_a_last_write_that_fails_fails_the_shutdown(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    log = DecisionLog(tmp_path / "a-file" / "d.jsonl", flush_s=60)
+    with pytest.raises(DecisionLogLost):
+        async with log.flushing():
+            log.decision(record("unwritable"))
+    assert log.lost == 1
+
+
+def test_feedback_is_kept_only_from_the_key_that_made_the_request(tmp_path: Path) -> None:
+    owner, stranger = key_digest("fp-owner"), key_digest("fp-stranger")
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.decision(record("r1", key=owner))
+    assert not log.feedback("r1", 1.0, stranger)
+    assert not log.feedback("r1", 1.0, None)
+    assert log.feedback("r1", 0.0, owner)
+    log.flush()
+    (line,) = read_log(log.path)
+    assert line["key"] == owner[:16] and line["label"] == 1.0
+
+
+def test_join_counts_a_rating_only_with_the_key_that_made_the_request() -> None:
+    decision = {"id": "d1", "key": "aaaa", "tier": "flash", "tier_rank": 0, "request": {}}
+    forged = {"id": "d1", "key": "bbbb", "feedback": {"score": 0.0}}
+    assert list(join([decision, forged])) == []
+    rightful = {"id": "d1", "key": "aaaa", "feedback": {"score": 0.0}}
+    (row,) = join([decision, forged, rightful])
+    assert row["label"] == 1.0
+
+
+def test_a_serve_whose_decision_log_cannot_be_written_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    policy = tmp_path / "policy.yaml"
+    data = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+    unwritable = str(tmp_path / "a-file" / "d.jsonl")  # its line waits for the shutdown's write
+    data["observability"] = {"decision_log": {"path": unwritable, "flush_seconds": 600}}
+    policy.write_text(yaml.safe_dump(data))
+    args = ["--simulate", "--simulate-speed", "0", "--policy", str(policy)]
+    with flashpro_process(args, {"DEEPSEEK_API_KEY": ""}) as running:
+        body = {"model": "flash", "messages": [{"role": "user", "content": "hello"}]}
+        assert httpx.post(running.base + "/v1/chat/completions", json=body).status_code == 200
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=20) == 1

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,8 +19,8 @@ from router.routing.limits import Breaker, Retries
 from router.routing.policy import load_policy
 from router.routing.routed import Routing
 from router.simulator.server import RunningSimulator
+from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, WEATHER_TOOL, serve_app, settings_for
 
 
@@ -87,10 +88,12 @@ def test_auto_answers_with_decision_headers(flashpro: str, sim: RunningSimulator
 @pytest.mark.parametrize(
     ("model", "upstream_model", "thinking", "effort"),
     [
-        ("flash", "deepseek-v4-flash", "disabled", None),
+        ("flash", "deepseek-flash", "disabled", None),
         ("pro", "deepseek-v4-pro", "enabled", "high"),
         ("pro-max", "deepseek-v4-pro", "enabled", "max"),
-        ("deepseek-v4-flash", "deepseek-v4-flash", "disabled", None),
+        ("deepseek-flash", "deepseek-flash", "disabled", None),
+        ("deepseek-v4-flash", "deepseek-flash", "disabled", None),  # a deprecated id pins flash
+        ("deepseek-chat", "deepseek-flash", "disabled", None),
         ("deepseek-v4-pro", "deepseek-v4-pro", "enabled", "high"),
     ],
 )
@@ -122,8 +125,11 @@ def test_cost_header_follows_policy_prices(flashpro: str) -> None:
     usage = raw.parse().usage
     assert usage is not None
     hit = getattr(usage, "prompt_cache_hit_tokens", 0) or 0
+    prices = load_policy()[0].prices_at("pro", datetime.now(UTC))
     expected = (
-        hit * 0.174 + (usage.prompt_tokens - hit) * 1.74 + usage.completion_tokens * 3.48
+        hit * prices.cached_input_usd_per_mtok
+        + (usage.prompt_tokens - hit) * prices.input_usd_per_mtok
+        + usage.completion_tokens * prices.output_usd_per_mtok
     ) / 1e6
     assert float(raw.headers["x-flashpro-cost-usd"]) == pytest.approx(expected, rel=1e-6)
 
@@ -279,7 +285,8 @@ def test_hard_requests_route_up_and_rules_bound_them(hard: str, sim: RunningSimu
     [
         ("[[sim:status=429]][[sim:retry_after=3]]", 429, "upstream_rate_limited"),
         ("[[sim:status=500]]", 502, "upstream_error"),
-        ("[[sim:status=503]]", 502, "upstream_error"),
+        ("[[sim:status=503]]", 503, "upstream_overloaded"),
+        ("[[sim:status=402]]", 503, "upstream_insufficient_balance"),
         ("[[sim:delay_ms=3000]]", 504, "upstream_timeout"),
     ],
 )

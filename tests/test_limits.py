@@ -142,3 +142,48 @@ async def test_controls_remember_a_conversations_tier() -> None:
     await controls.admitted(policy, caller, decision)
     assert (await controls.state_for(policy, caller)).affinity_tier == "pro"
     assert (await controls.state_for(policy, Caller(key="k"))).affinity_tier is None
+
+
+def test_off_peak_by_weekday_follows_deepseeks_peak_hours() -> None:
+    policy = parse_policy(DEFAULT_YAML)
+    assert policy.off_peak is not None
+    monday, saturday = 30, 5  # November 30 and December 5, 2026
+    at = lambda day, h, m: datetime(2026, 11 if day == 30 else 12, day, h, m, tzinfo=UTC)  # noqa: E731
+    assert not policy.off_peak.active(at(monday, 1, 0))  # peak 01:00-04:00 and 06:00-10:00
+    assert not policy.off_peak.active(at(monday, 9, 59))
+    assert policy.off_peak.active(at(monday, 4, 0))
+    assert policy.off_peak.active(at(monday, 10, 0))
+    assert policy.off_peak.active(at(monday, 0, 59))
+    assert policy.off_peak.active(at(saturday, 2, 0))  # weekends are off-peak all day
+    peak, off = (
+        policy.prices_at("pro", at(monday, 2, 0)),
+        policy.prices_at("pro", at(saturday, 2, 0)),
+    )
+    assert peak == policy.tiers["pro"].prices
+    assert off == policy.tiers["pro"].off_peak_prices
+    assert off.output_usd_per_mtok == peak.output_usd_per_mtok / 2
+
+
+def test_tiers_without_off_peak_prices_take_the_discount() -> None:
+    policy = parse_policy(
+        DEFAULT_YAML.replace("off_peak_prices:", "# off_peak_prices:")
+        + "\noff_peak: {windows_utc: ['00:00-24:00'], discount: 0.25}"
+    )
+    prices = policy.prices_at("flash", datetime(2026, 11, 30, 2, 0, tzinfo=UTC))
+    assert prices.output_usd_per_mtok == pytest.approx(
+        policy.tiers["flash"].prices.output_usd_per_mtok * 0.25
+    )
+
+
+@pytest.mark.parametrize(
+    "off_peak",
+    [
+        "{discount: 0.5}",
+        "{windows_utc: ['00:00-01:00'], peak: [{days: [mon], windows_utc: ['01:00-02:00']}]}",
+        "{peak: [{days: [someday], windows_utc: ['01:00-02:00']}]}",
+        "{peak: [{days: [mon], windows_utc: ['1-2']}]}",
+    ],
+)
+def test_off_peak_needs_exactly_one_valid_way_to_say_its_hours(off_peak: str) -> None:
+    with pytest.raises(PolicyError, match="off_peak"):
+        parse_policy(DEFAULT_YAML + f"\noff_peak: {off_peak}")

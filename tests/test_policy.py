@@ -70,12 +70,12 @@ BAD = [
     ("aliases.auto.shares", {"turbo": 0.1}, "aliases.auto.shares.turbo: unknown tier 'turbo'"),
     ("rules.1.then", {"max_tier": "mega"}, "rules[1].then.max_tier: unknown tier 'mega'"),
     ("rules.1.then", {"min_tier": "pro-max", "max_tier": "flash"}, "rules[1].then: min_tier"),
-    ("rules.1.then", {"tier": "pro", "max_tier": "pro"}, "rules.1.then: give either"),
-    ("rules.1.when", {}, "rules.1.when: a rule's 'when' needs at least one condition"),
+    ("rules.1.then", {"tier": "pro", "max_tier": "pro"}, "rules[1].then: give either"),
+    ("rules.1.when", {}, "rules[1].when: a rule's 'when' needs at least one condition"),
     (
         "rules.1.when",
         {"prompt_has": "x"},
-        "rules.1.when.prompt_has: Extra inputs are not permitted",
+        "rules[1].when.prompt_has: unknown key (known keys: model, tools,",
     ),
     (
         "tiers.flash.thinking",

@@ -15,8 +15,8 @@ from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing, RoutingHolder
 from router.simulator.server import RunningSimulator
+from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
-from router.upstream.reasoning import ReasoningMemory
 from tests.conftest import UPSTREAM_KEY, serve_app, settings_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,7 @@ def test_edited_policy_takes_effect_and_invalid_edit_does_not(
     with serve_app(settings, deps) as base:
         assert tier_of(base) == "pro-max"
         assert readyz(base)["policy_version"] == version
+        assert readyz(base)["policy_file"] == str(path)
 
         path.write_text(with_rule(original, FLASH_FOR_ALL))
         wait_until(lambda: readyz(base)["policy_version"] != version, 10, "the reload")
@@ -79,6 +80,10 @@ def test_edited_policy_takes_effect_and_invalid_edit_does_not(
         assert status["policy_version"] == edited
         assert "rules[0].then.tier: unknown tier 'turbo'" in str(status["policy_reload_error"])
         assert tier_of(base) == "flash"
+
+        path.write_text(with_rule(original, FLASH_FOR_ALL))  # back to the live policy's text
+        wait_until(lambda: readyz(base)["policy_reload_error"] is None, 10, "the error to clear")
+        assert readyz(base)["policy_version"] == edited
 
 
 async def test_sighup_reloads_without_polling(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from router.errors import (
     InvalidRequest,
     ServiceUnavailable,
     UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamSaturated,
     UpstreamTimeout,
 )
 from router.pipeline import Deps
@@ -270,12 +273,12 @@ def test_fallback_answer_is_priced_at_the_tier_that_answered(
     resilient: tuple[str, Deps], sim: RunningSimulator
 ) -> None:
     base, _ = resilient
-    queue(sim, count=2, model="deepseek-v4-flash", status=503)
+    queue(sim, count=2, model="deepseek-flash", status=503)
     response = chat(base, "flash", "priced")
     assert response.headers["x-flashpro-tier"] == "pro"
-    assert response.headers["x-flashpro-fallback"] == "flash->pro (upstream_error)"
+    assert response.headers["x-flashpro-fallback"] == "flash->pro (upstream_overloaded)"
     usage = response.json()["usage"]
-    prices = POLICY.tiers["pro"].prices
+    prices = POLICY.prices_at("pro", datetime.now(UTC))
     miss = usage["prompt_tokens"] - usage.get("prompt_cache_hit_tokens", 0)
     expected = (
         miss * prices.input_usd_per_mtok
@@ -370,3 +373,30 @@ def test_client_disconnect_closes_the_upstream_stream(
             time.sleep(0.02)
         assert watched.closed_at, "the upstream stream was still open after the client left"
         assert watched.closed_at[0] - left < 2.0
+
+
+def test_an_exhausted_balance_is_neither_retried_nor_fallen_back_but_opens_the_breaker() -> None:
+    clock = Clock()
+    policy = fast_policy(breaker=Breaker(failures=2, open_seconds=30))
+    resilience = Resilience(clock, clock.sleep)
+    for _ in range(2):
+        script = Script({"pro": [UpstreamBalanceExhausted("no balance")]})
+        with pytest.raises(UpstreamBalanceExhausted):
+            run(resilience.call(policy, decision("pro"), script))
+        assert script.calls == ["pro"]
+    assert resilience.circuit("pro").state == "open"
+    assert clock.slept == []
+
+
+def test_a_saturated_tier_moves_on_without_touching_its_breaker() -> None:
+    script = Script({"pro-max": [UpstreamSaturated("busy")]})
+    resilience = Resilience()
+    value, chosen, trail = run(resilience.call(fast_policy(), decision(), script))
+    assert (value, chosen.tier) == ("answer from pro", "pro")
+    assert trail.fallback == "pro-max->pro (upstream_saturated)"
+    assert resilience.circuit("pro-max").failures == 0
+
+
+def test_requests_with_images_fall_back_only_to_tiers_that_read_them() -> None:
+    assert chain(POLICY, "flash", images=True) == ["flash"]
+    assert chain(POLICY, "flash") == ["flash", "pro"]

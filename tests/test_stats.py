@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from router.cli import main
@@ -33,6 +34,19 @@ def test_stats_prints_tiers_spend_savings_and_decisions(
         assert text in out
 
 
+def test_stats_shows_whole_request_ids_and_what_the_hit_rate_is_over(
+    served: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # as in a pipe: no 80-column cut
+    assert main(["stats", "--url", served, "--recent", "30"]) == 0
+    out = capsys.readouterr().out
+    ids = [row["id"] for row in httpx.get(served + "/v1/stats").json()["recent"]]
+    assert ids and all(request_id in out for request_id in ids)
+    assert "cache hit rate (of 6 cacheable requests)" in out
+    assert "0.000000" not in out
+
+
 def test_stats_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert main(["stats", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flashpro: cannot read") and err.count("\n") == 1

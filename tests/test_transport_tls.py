@@ -25,6 +25,7 @@ from router.errors import (
     FlashproError,
     UpstreamAuthFailed,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
@@ -351,7 +352,7 @@ async def test_stream_over_tls_is_read_to_the_end(
             id="429",
         ),
         pytest.param("hi", "sk-wrong-key-0000000000", UpstreamAuthFailed, {}, id="wrong key"),
-        pytest.param("x [[sim:status=503]]", UPSTREAM_KEY, UpstreamError, {}, id="503"),
+        pytest.param("x [[sim:status=503]]", UPSTREAM_KEY, UpstreamOverloaded, {}, id="503"),
     ],
 )
 async def test_error_statuses_over_tls_are_mapped(

@@ -1,5 +1,7 @@
-"""HTTP edge: the endpoints besides chat completions (router/http/chat.py): route explanation, the
-model list and health checks. I/O."""
+"""HTTP edge: the endpoints besides the proxied ones (router/http/chat.py, responses.py): route
+explanation (of a chat or a Responses body), the model list and health checks. With
+`auth.required` each takes a key (`/healthz` excepted): a client key for /v1/route, a monitoring
+key for /readyz, either for /v1/models. I/O."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import time
 from typing import Any, cast
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
+from router.http.responses import is_responses_body
 from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
 
@@ -39,18 +43,24 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_chat(request: Request, limit: int) -> ChatRequest:
-    """Read and validate a chat body (the same reader as the chat endpoint's)."""
-    return parse_chat(await read_body(request.receive, lower_headers(request), limit))
+async def read_routable(request: Request, deps: Deps) -> ChatRequest:
+    """Read and validate a chat body, or a Responses body as the chat request it becomes (the
+    same readers and limits as those endpoints')."""
+    settings = request.app.state.settings
+    given = lower_headers(request)
+    body = await read_body(request.receive, given, settings.max_body_bytes)
+    if is_responses_body(body):
+        chat: ChatRequest = await request.app.responses.routable(deps, given, body)
+        return chat
+    return parse_chat(body, settings.max_json_depth)
 
 
-@api.post("/v1/route")
+@api.post("/v1/route", dependencies=[Depends(client_key)])
 async def explain_route(request: Request) -> Response:
     deps = deps_of(request)
     rid = request_id_of(request)
-    chat = await read_chat(request, request.app.state.settings.max_body_bytes)
-    given = lower_headers(request)
-    routed = await preview(deps, chat, given)
+    chat = await read_routable(request, deps)
+    routed = await preview(deps, chat, lower_headers(request))
     decision = routed.decision
     body = {
         "alias": decision.alias,
@@ -68,7 +78,7 @@ async def explain_route(request: Request) -> Response:
     return json_response(body, headers=decision_headers(decision, rid))
 
 
-@api.get("/v1/models")
+@api.get("/v1/models", dependencies=[Depends(any_key)])
 async def list_models(request: Request) -> Response:
     policy = deps_of(request).live.policy
     created = int(request.app.state.started_at)
@@ -95,12 +105,34 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
+@api.get("/")
+async def root() -> Response:
+    """What runs here, for a person who opens the address in a browser."""
+    endpoints = {
+        "chat": "/v1/chat/completions",
+        "models": "/v1/models",
+        "route": "/v1/route",
+        "dashboard": "/dashboard",
+        "stats": "/v1/stats",
+        "metrics": "/metrics",
+        "health": "/healthz",
+        "ready": "/readyz",
+    }
+    body = {
+        "service": "flashpro",
+        "about": "OpenAI-compatible routing proxy for DeepSeek V4: point an OpenAI client's "
+        "base_url at /v1 and send model='auto'.",
+        "endpoints": endpoints,
+    }
+    return json_response(body)
+
+
 @api.get("/healthz")
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@api.get("/readyz")
+@api.get("/readyz", dependencies=[Depends(monitoring_key)])
 async def readyz(request: Request) -> Response:
     deps = deps_of(request)
     cache_ok = await deps.cache.backend.reachable()
@@ -110,6 +142,8 @@ async def readyz(request: Request) -> Response:
         "status": "ready" if cache_ok else "degraded",
         "checks": {"cache": "ok" if cache_ok else "unreachable"},
         "policy_version": deps.live.version,
+        # which file is live: None is the default embedded in the package
+        "policy_file": str(request.app.state.settings.policy or "") or None,
         "policy_reload_error": deps.holder.last_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
     }

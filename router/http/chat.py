@@ -20,18 +20,21 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.errors import (
     FlashproError,
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
-    RouteNotFound,
+    clip,
     internal_error_envelope,
 )
+from router.http.body import MAX_JSON_DEPTH, loads
 from router.pipeline import (
     Answer,
     Deps,
@@ -48,6 +51,7 @@ from router.schemas import ChatRequest
 from router.state.cache import CacheStatus
 
 log = logging.getLogger("flashpro")
+M = TypeVar("M", bound=BaseModel)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,16 +87,22 @@ class ClientGone(FlashproError):
     default_code = "client_disconnected"
 
 
+def too_large(limit: int) -> PayloadTooLarge:
+    """A 413 that also closes the connection: the rest of the body is not worth reading."""
+    message = f"The request body is over the {limit}-byte limit."
+    return PayloadTooLarge(message, headers={"connection": "close"})
+
+
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body, refused with a 413 beyond `limit` bytes (declared or sent)."""
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        raise too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False) and message["type"] == "http.request":
         if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+            raise too_large(limit)
         return body
     parts = [body]
     size = len(body)
@@ -105,24 +115,28 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         part: bytes = message.get("body", b"")
         size += len(part)
         if size > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+            raise too_large(limit)
         parts.append(part)
 
 
-def parse_chat(body: bytes) -> ChatRequest:
-    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+def parse_json(body: bytes, model: type[M], max_depth: int = MAX_JSON_DEPTH) -> M:
+    """Validate a JSON body as `model`; every problem becomes a 400 in OpenAI's format (nesting
+    deeper than `max_depth` included), echoing at most a bounded part of the client's input."""
+    data = loads(body, max_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in error["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param) from None
+        param = clip(".".join(str(p) for p in error["loc"])) or None
+        message = f"Invalid value for '{param}': {clip(error['msg'])}"
+        raise InvalidRequest(message, param=param) from None
+
+
+def parse_chat(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ChatRequest:
+    """Validate a chat body; every problem becomes a 400 in OpenAI's format."""
+    return parse_json(body, ChatRequest, max_depth)
 
 
 class Intake:
@@ -133,9 +147,14 @@ class Intake:
     invalid bodies are not kept (their error is raised each time)."""
 
     def __init__(
-        self, entries: int = 1024, max_body: int = 16 * 1024, max_bytes: int = 4 * 1_048_576
+        self,
+        entries: int = 1024,
+        max_body: int = 16 * 1024,
+        max_bytes: int = 4 * 1_048_576,
+        max_depth: int = MAX_JSON_DEPTH,
     ) -> None:
         self.entries = entries
+        self.max_depth = max_depth
         self.max_body = max_body
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -143,12 +162,12 @@ class Intake:
 
     def parse(self, body: bytes) -> ChatRequest:
         if len(body) > self.max_body:
-            return parse_chat(body)
+            return parse_chat(body, self.max_depth)
         digest = hashlib.blake2b(body, digest_size=16).digest()
         seen = self._seen.get(digest)
         if seen is not None:
             return seen[0]
-        request = parse_chat(body)
+        request = parse_chat(body, self.max_depth)
         self._seen[digest] = (request, len(body))
         self.bytes += len(body)
         while len(self._seen) > self.entries or self.bytes > self.max_bytes:
@@ -241,43 +260,71 @@ async def send_stream(
         watcher.cancel()
 
 
+@dataclass(slots=True)
+class Exchange:
+    """One request at an edge: its dependencies, its id, and its routing once admitted (so a
+    failure is observed with the decision it had)."""
+
+    deps: Deps
+    request_id: str
+    routed: Routed | None = None
+
+
+async def serve(exchange: Exchange, send: Send, handle: Awaitable[None]) -> None:
+    """Run an edge's handler; a failure becomes one observation and one OpenAI-format error
+    (the last-resort handler logs and answers a generic 500 without the cause)."""
+    deps, rid = exchange.deps, exchange.request_id
+    try:
+        await handle
+    except ClientGone:
+        observe(deps, exchange.routed, request_id=rid, status=499, error="client_disconnected")
+    except FlashproError as exc:
+        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=exc.code or "error")
+        if exc.status >= 500:
+            log.warning("request %s failed: %s", rid, exc.message)
+        out = {**exc.headers, "x-flashpro-request-id": rid}
+        await send_json(send, exc.status, exc.envelope(), out)
+    except Exception as exc:
+        log.exception("request %s: unexpected error", rid, exc_info=exc)
+        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error")
+        out = {"x-flashpro-request-id": rid}
+        await send_json(send, 500, internal_error_envelope(rid), out)
+
+
 class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
-    def __init__(self, deps_of: Callable[[], Deps], max_body_bytes: int) -> None:
+    def __init__(
+        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+    ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
-        self.intake = Intake()
+        self.intake = Intake(max_depth=max_json_depth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        rid = request_id_for(headers.get("x-request-id"))
-        deps = self.deps_of()
-        routed: Routed | None = None
-        try:
-            if scope["method"] != "POST":
-                raise RouteNotFound("Method Not Allowed", status=405, headers={"allow": "POST"})
-            body = await read_body(receive, headers, self.max_body_bytes)
-            chat = self.intake.parse(body)
-            routed = await admit(deps, chat, headers, rid)
-            plan = cache_plan(deps, routed, headers)
-            if chat.stream:
-                opened = await open_stream(deps, routed, plan)
-                await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
-                return
-            answer = await complete(deps, routed, plan)
-            out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
-            await send_json(send, 200, answer.body, out)
-        except ClientGone:
-            observe(deps, routed, request_id=rid, status=499, error="client_disconnected")
-        except FlashproError as exc:
-            observe(deps, routed, request_id=rid, status=exc.status, error=exc.code or "error")
-            if exc.status >= 500:
-                log.warning("request %s failed: %s", rid, exc.message)
-            out = {**exc.headers, "x-flashpro-request-id": rid}
-            await send_json(send, exc.status, exc.envelope(), out)
-        except Exception as exc:
-            log.exception("request %s: unexpected error", rid, exc_info=exc)
-            observe(deps, routed, request_id=rid, status=500, error="internal_error")
-            out = {"x-flashpro-request-id": rid}
-            await send_json(send, 500, internal_error_envelope(rid), out)
+        exchange = Exchange(self.deps_of(), request_id_for(headers.get("x-request-id")))
+        await serve(exchange, send, self._answer(exchange, scope, headers, receive, send))
+
+    async def _answer(
+        self,
+        exchange: Exchange,
+        scope: Scope,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        deps, rid = exchange.deps, exchange.request_id
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})
+        body = await read_body(receive, headers, self.max_body_bytes)
+        chat = self.intake.parse(body)
+        routed = exchange.routed = await admit(deps, chat, headers, rid)
+        plan = cache_plan(deps, routed, headers)
+        if chat.stream:
+            opened = await open_stream(deps, routed, plan)
+            await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
+            return
+        answer = await complete(deps, routed, plan)
+        out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+        await send_json(send, 200, answer.body, out)

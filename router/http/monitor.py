@@ -1,5 +1,8 @@
 """HTTP edge for observing the router: /metrics (Prometheus), /v1/stats (the rolling aggregates
-as JSON), /dashboard (a self-contained page drawing them) and POST /v1/feedback. I/O."""
+as JSON), /dashboard (a self-contained page drawing them) and POST /v1/feedback. With
+`auth.required`, /metrics and /v1/stats take a monitoring key and feedback the client key that
+made the rated request (router/http/access.py); the dashboard page itself holds no data and asks
+for a key to fetch /v1/stats with. I/O."""
 
 from __future__ import annotations
 
@@ -8,11 +11,19 @@ from importlib import resources
 from typing import Any, cast
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
-from router.errors import InvalidRequest
+from router.errors import InvalidRequest, RequestNotFound
+from router.http.access import client_key, monitoring_key
+from router.http.body import loads
+from router.http.chat import read_body
 from router.pipeline import Deps
+from router.routing.callers import Caller
+from router.routing.constrain import Spent
+from router.state.controls import budget_scopes
+
+FEEDBACK_MAX_BYTES = 64 * 1024
 
 monitor = APIRouter()
 
@@ -21,17 +32,35 @@ def _deps(request: Request) -> Deps:
     return cast(Deps, request.app.state.deps)
 
 
-@monitor.get("/metrics")
+@monitor.get("/metrics", dependencies=[Depends(monitoring_key)])
 async def metrics(request: Request) -> Response:
     deps = _deps(request)
     metrics = deps.observer.metrics
     for tier in deps.live.policy.tiers:  # this process's breakers, as of the scrape
         metrics.breaker_state(tier, deps.resilience.circuit(tier).state)
+    metrics.budget_remaining(await _budgets_now(deps), every_scope=True)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
 
-@monitor.get("/v1/stats")
+async def _budgets_now(deps: Deps) -> list[Spent]:
+    """The live policy's total and group budgets with their spend now (keys are not labelled)."""
+    policy = deps.live.policy
+    scopes = {
+        scope: limit
+        for group in (None, *policy.groups)
+        for scope, limit in budget_scopes(policy, Caller(group=group))
+    }
+    if not scopes:
+        return []
+    amounts = await deps.controls.ledger.spent(list(scopes), deps.controls.now())
+    return [
+        Spent(scope, limit, day, month)
+        for (scope, limit), (day, month) in zip(scopes.items(), amounts, strict=True)
+    ]
+
+
+@monitor.get("/v1/stats", dependencies=[Depends(monitoring_key)])
 async def stats(request: Request) -> Response:
     deps = _deps(request)
     data = deps.observer.rolling.snapshot(time.time())
@@ -63,17 +92,18 @@ def rating_of(body: Any) -> tuple[str, float]:
 
 
 @monitor.post("/v1/feedback")
-async def feedback(request: Request) -> Response:
+async def feedback(request: Request, key: str | None = Depends(client_key)) -> Response:
+    """Rate an answer; only the key that made the request may (404 for any other)."""
     log = _deps(request).observer.decision_log
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    request_id, score = rating_of(body)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    request_id, score = rating_of(
+        loads(await read_body(request.receive, headers, FEEDBACK_MAX_BYTES))
+    )
     if log is None:
         raise InvalidRequest(
             "Feedback needs a decision log: set observability.decision_log.path in the policy."
         )
-    log.feedback(request_id, score)
+    if not log.feedback(request_id, score, key):
+        raise RequestNotFound("No answer with this request id was made with this API key.")
     content = {"status": "recorded", "request_id": request_id, "score": score}
     return Response(orjson.dumps(content), status_code=202, media_type="application/json")

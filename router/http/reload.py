@@ -41,6 +41,10 @@ class PolicyReloader:
             return self._failed(f"{self._path}: cannot read: {exc.strerror}", None)
         version = hashlib.sha256(text.encode()).hexdigest()[:12]
         if version == self._holder.current.version:
+            if self._holder.last_error is not None:  # the file is back to the live policy
+                log.info("policy %s matches live version %s again", self._path, version)
+            self._holder.last_error = None
+            self._failed_version = None
             return False
         if version == self._failed_version and not force:
             return False

@@ -198,6 +198,12 @@ class _Collected:
             yield family.family(self.created)
 
 
+def rule_label(rule: str) -> str:
+    """The `rule` label: a threshold's tier without its value (`threshold:pro>=0.61` ->
+    `threshold:pro`), so a share or threshold change makes no new series."""
+    return rule.split(">=", 1)[0]
+
+
 class Metrics:
     """flashpro's metrics in their own registry (several apps may live in one test process).
 
@@ -208,7 +214,8 @@ class Metrics:
     `render` before it reads the files.
 
     Besides `request_done`, the resilience code reports through `fallback()` and
-    `breaker_state()`, and the controls through `budget_remaining()`.
+    `breaker_state()`, the upstream calls through `account_error()`, `tier_saturated()` and
+    `upstream_in_flight()`, and the controls through `budget_remaining()`.
     """
 
     def __init__(self, multiprocess: bool | None = None) -> None:
@@ -287,6 +294,27 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.account_errors = Counter(
+            "flashpro_upstream_account_errors",
+            "Upstream calls refused for the upstream account, not the request (reason: "
+            "insufficient_balance for DeepSeek's 402, auth for a refused key), by tier.",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.saturated = Counter(
+            "flashpro_upstream_saturated",
+            "Requests that found a tier at its max_concurrency past its queue_ms (moved to a "
+            "fallback tier or answered 503).",
+            ["tier"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "flashpro_upstream_in_flight",
+            "Upstream calls in flight per upstream model (this process; summed over workers).",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.budget = Gauge(
             "flashpro_budget_remaining_usd",
             "USD left in each budget (total and group scopes; keys are not labelled).",
@@ -295,6 +323,12 @@ class Metrics:
             registry=r,
         )
 
+        self.decision_log_dropped = Counter(
+            "flashpro_decision_log_dropped_lines",
+            "Decision-log lines dropped: unencodable (one bad record) or write_failed (disk).",
+            ["reason"],
+            registry=r,
+        )
         self.started = Gauge(
             "flashpro_start_time_seconds",
             "When a flashpro worker started, unix time (the earliest of the workers).",
@@ -312,7 +346,8 @@ class Metrics:
             self.requests.inc(("-", "-", "-", status, error, tenant))
             return
         tier = decision.tier
-        self.requests.inc((decision.alias or "-", tier, decision.rule, status, error, tenant))
+        rule = rule_label(decision.rule)
+        self.requests.inc((decision.alias or "-", tier, rule, status, error, tenant))
         by_tier = (tier,)
         if record.cost_usd > 0:  # a stream cut short is charged what it streamed
             self.spend.inc(by_tier, record.cost_usd)
@@ -349,12 +384,31 @@ class Metrics:
         """A request moved to another tier (reason: a short fixed word, e.g. timeout, 5xx)."""
         self.fallbacks.labels(from_tier, to_tier, reason).inc()
 
+    def decision_log_drop(self, reason: str, lines: int) -> None:
+        """Lines the decision log dropped: `unencodable` or `write_failed`."""
+        self.decision_log_dropped.labels(reason).inc(lines)
+
     def breaker_state(self, tier: str, state: str) -> None:
         """A tier's circuit breaker changed state: closed, half_open or open."""
         self.breaker.labels(tier).set(BREAKER_STATES[state])
 
-    def budget_remaining(self, spent: Sequence[Spent]) -> None:
-        """USD left per budget scope, from the spend a request was admitted under."""
+    def account_error(self, tier: str, reason: str) -> None:
+        """An upstream call was refused for the account (no balance, refused key)."""
+        self.account_errors.labels(tier, reason).inc()
+
+    def tier_saturated(self, tier: str) -> None:
+        """A request waited past a tier's queue_ms at its max_concurrency."""
+        self.saturated.labels(tier).inc()
+
+    def upstream_in_flight(self, model: str, count: int) -> None:
+        self.in_flight.labels(model).set(count)
+
+    def budget_remaining(self, spent: Sequence[Spent], every_scope: bool = False) -> None:
+        """USD left per budget scope, from the spend a request was admitted under, or at a
+        scrape (`every_scope`: the live policy's budgets, so a reload's limits show at once
+        and a budget the policy no longer has disappears)."""
+        if every_scope and not os.environ.get(MULTIPROC_ENV):
+            self.budget.clear()
         for item in spent:
             if item.scope.startswith("key:"):
                 continue  # one series per client key would be unbounded

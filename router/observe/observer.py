@@ -37,7 +37,10 @@ class Observer:
     @classmethod
     def for_policy(cls, policy: Policy) -> Observer:
         config = policy.observability.decision_log
-        return cls(decision_log=DecisionLog.from_policy(config) if config else None)
+        if config is None:
+            return cls()
+        metrics = Metrics()
+        return cls(metrics, decision_log=DecisionLog.from_policy(config, metrics.decision_log_drop))
 
     def request_done(self, record: RequestRecord) -> None:
         self.metrics.request_done(record)

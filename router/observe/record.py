@@ -38,6 +38,7 @@ class RequestRecord:
     tier_rank: int = 0  # the serving tier's place in the policy, cheapest 0
     request: ChatRequest | None = None  # kept for the decision log and opted-in prompt logs
     at: float = field(default_factory=time.time)
+    key: str | None = None  # the sha256 of the caller's key (decision log: who may rate it)
 
     @property
     def savings_usd(self) -> float:
@@ -53,11 +54,10 @@ def tenant_of(key: str | None, group: str | None) -> str:
 
 def baseline_cost(policy: Policy, usage: Usage, cost: float) -> float:
     """What `usage` would have cost on the policy's savings baseline tier (default `pro`)."""
-    tier = policy.tiers.get(policy.observability.savings_baseline_tier)
-    if tier is None:
+    baseline = policy.observability.savings_baseline_tier
+    if baseline not in policy.tiers:
         return cost
-    factor = policy.off_peak.factor(datetime.now(UTC)) if policy.off_peak else 1.0
-    return cost_usd(usage, tier.prices) * factor
+    return cost_usd(usage, policy.prices_at(baseline, datetime.now(UTC)))
 
 
 def record_of(
@@ -100,4 +100,5 @@ def record_of(
         stream=routed.request.stream,
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
+        key=caller.key,
     )

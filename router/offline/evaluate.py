@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from router.observe.decisions import join
-from router.routing.classify import Classifier, load_classifier
+from router.offline.inputs import (
+    load_classifier_file,
+    read_jsonl,
+    require_directory,
+    require_matplotlib,
+    row_error,
+)
+from router.routing.classify import Classifier
 from router.schemas import ChatRequest
 
 TARGETS: Mapping[str, tuple[float, float]] = {  # source: (min APGR, max CPT(50%))
@@ -50,6 +57,7 @@ class LabelledRow:
     strong: float  # evaluation labels: as published (RouteLLM's for GSM8K)
     weak: float
     gain: float  # training label, strong - weak in [-1, 1]; lenient GSM8K grading where present
+    traffic: bool = False  # from flashpro's own traffic (decision log, feedback), not routing data
 
 
 def request_from_json(obj: Mapping[str, Any]) -> ChatRequest:
@@ -85,19 +93,45 @@ def row_from_json(obj: Mapping[str, Any], index: int = 0) -> LabelledRow:
         return LabelledRow(row_id, source, request, strong, weak, float(lenient_s - lenient_w))
     gain = min(max(_log_gain(obj), -1.0), 1.0)
     source = str(obj.get("source", obj.get("tier", "traffic")))
-    return LabelledRow(row_id, source, request, min(1.0, 1.0 + gain), min(1.0, 1.0 - gain), gain)
+    strong_log, weak_log = min(1.0, 1.0 + gain), min(1.0, 1.0 - gain)
+    return LabelledRow(row_id, source, request, strong_log, weak_log, gain, traffic=True)
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
+def read_objects(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a data file (one problem raises `InputError` naming its line)."""
+    return [obj for _, obj in read_jsonl(path)]
 
 
 def read_rows(path: Path) -> list[LabelledRow]:
-    """Labelled rows; a decision log's feedback lines are joined to their decisions first."""
-    return [row_from_json(obj, i) for i, obj in enumerate(join(read_jsonl(path)))]
+    """Labelled rows; a decision log's feedback lines are joined to their decisions first.
+    A row that lacks what a label needs raises `InputError` naming its line (or its id)."""
+    lines: dict[int, int] = {}  # id() of a parsed object -> its line number
+
+    def numbered() -> Iterator[dict[str, Any]]:
+        for number, obj in read_jsonl(path):
+            lines[id(obj)] = number
+            yield obj
+
+    rows = []
+    for i, obj in enumerate(join(numbered())):
+        try:
+            rows.append(row_from_json(obj, i))
+        except (KeyError, TypeError, ValueError) as exc:
+            number = lines.get(id(obj))
+            where = f"{path}:{number}" if number else f"{path} (row {obj.get('id', i)!r})"
+            raise row_error(where, exc) from None
+    return rows
+
+
+def requests_of(path: Path, objs: Sequence[Mapping[str, Any]]) -> list[ChatRequest]:
+    """The chat request of each row of `path` (rows in file order, blank lines skipped)."""
+    requests = []
+    for i, obj in enumerate(objs):
+        try:
+            requests.append(request_from_json(obj))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise row_error(f"{path} (row {i + 1})", exc) from None
+    return requests
 
 
 @dataclass(frozen=True)
@@ -218,8 +252,9 @@ def _stderr() -> Any:
 
 
 def print_report(reports: Sequence[SourceReport], file: Any = None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from router.offline.terminal import table_console
 
     table = Table(
         title="routing quality: model vs prompt-length baseline (random: APGR 0.5, CPT(x) = x)"
@@ -239,7 +274,7 @@ def print_report(reports: Sequence[SourceReport], file: Any = None) -> None:
             f"{r.length.cpt80:.1%}",
             "-" if met is None else ("met" if met else "MISSED"),
         )
-    Console(file=file).print(table)
+    table_console(file=file).print(table)
 
 
 def plot_curves(rows: Sequence[LabelledRow], scores: Sequence[float], path: Path) -> None:
@@ -274,8 +309,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.plot is not None:  # before the scoring, not after it
+        require_matplotlib()
+        require_directory(args.plot)
     rows = read_rows(args.data)
-    classifier = load_classifier(args.model)
+    classifier = load_classifier_file(args.model)
     scores = score_all(classifier, [r.request for r in rows])
     reports = report(rows, scores)
     if args.plot is not None:
@@ -295,9 +333,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    objs = list(read_jsonl(args.data))
-    classifier = load_classifier(args.model)
-    requests = [request_from_json(obj) for obj in objs]
+    require_directory(args.out)
+    objs = read_objects(args.data)
+    requests = requests_of(args.data, objs)
+    classifier = load_classifier_file(args.model)
     scores = score_all(classifier, requests)
     with args.out.open("w", encoding="utf-8") as out:
         for i, (obj, score) in enumerate(zip(objs, scores, strict=True)):
@@ -355,12 +394,13 @@ def add_bench_classifier_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench_classifier(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    classifier = load_classifier(args.model)
+    from router.offline.terminal import table_console
+
+    classifier = load_classifier_file(args.model)
     if args.data is not None:
-        requests = [request_from_json(obj) for obj in read_jsonl(args.data)]
+        requests = requests_of(args.data, read_objects(args.data))
     else:
         requests = typical_requests()
     huge = [huge_request()] * 20
@@ -377,7 +417,7 @@ def run_bench_classifier(args: argparse.Namespace) -> int:
     for (name, clock), t in runs.items():
         figures = (t.mean(), *np.percentile(t, [50, 99]), t.max())
         table.add_row(name, clock, str(t.size), *(f"{v:.0f}" for v in figures))
-    Console().print(table)
+    table_console().print(table)
     for clock in ("wall", "cpu"):
         t = runs[("typical", clock)]
         ok = t.mean() <= 200 and np.percentile(t, 99) <= 1000

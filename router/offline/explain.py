@@ -92,6 +92,7 @@ def explain(policy: Policy, thresholds: Mapping[str, Thresholds], console: Conso
     if policy.off_peak is not None:
         limits.add_row(
             "off-peak",
-            f"x{policy.off_peak.discount:g} prices in {', '.join(policy.off_peak.windows_utc)} UTC",
+            f"{policy.off_peak.describe()}; off-peak x{policy.off_peak.discount:g} for tiers "
+            "without off_peak_prices",
         )
     console.print(limits)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from router.offline.inputs import read_jsonl, row_error
 from router.routing.classify import Classifier
 from router.routing.decide import decide
 from router.routing.decision import RequestFacts, Thresholds
@@ -43,10 +44,10 @@ class Outcome:
 
 
 def load_rows(path: Path) -> list[Row]:
+    """The labelled rows of a JSON Lines file; a row missing a field raises `InputError`."""
     rows = []
-    for line in path.read_text("utf-8").splitlines():
-        if line.strip():
-            data = json.loads(line)
+    for number, data in read_jsonl(path):
+        try:
             rows.append(
                 Row(
                     prompt=str(data["prompt"]),
@@ -55,6 +56,8 @@ def load_rows(path: Path) -> list[Row]:
                     source=str(data.get("source", "")),
                 )
             )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise row_error(f"{path}:{number}", exc) from None
     return rows
 
 
@@ -133,8 +136,9 @@ def as_json(outcomes: Sequence[Outcome]) -> str:
 
 
 def render(outcomes: Sequence[Outcome], tiers: Sequence[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from router.offline.terminal import table_console
 
     table = Table(
         title=f"policy simulation over {outcomes[0].requests if outcomes else 0} requests"
@@ -153,4 +157,4 @@ def render(outcomes: Sequence[Outcome], tiers: Sequence[str]) -> None:
             f"{o.latency_mean_ms:.0f}",
             f"{o.latency_p95_ms:.0f}",
         )
-    Console().print(table)
+    table_console().print(table)

@@ -4,11 +4,15 @@ Fetching is I/O; `render` only formats."""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
+
+from router.offline.terminal import table_console
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +22,21 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recent", type=int, default=10, help="latest decisions to list")
 
 
-def _usd(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.6f}"
+def money(values: Sequence[float | None]) -> Callable[[float | None], str]:
+    """One format for figures shown together: cents from a cent up, whole dollars from $100,
+    two significant digits below a cent (as the dashboard shows them)."""
+    size = max((abs(v) for v in values if v is not None), default=0.0)
+    if size >= 100:
+        decimals = 0
+    elif size >= 0.01 or size == 0:
+        decimals = 2
+    else:
+        decimals = min(8, 1 - math.floor(math.log10(size)))
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"${value:,.{decimals}f}"
+
+    return shown
 
 
 def _ms(value: float | None) -> str:
@@ -31,27 +48,34 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
     hit_rate = totals.get("hit_rate")
     summary = Table(title="flashpro", show_header=False)
     summary.add_column("figure")
-    summary.add_column("value", justify="right")
+    summary.add_column("value", justify="right", no_wrap=True)
     summary.add_row("requests", str(totals["requests"]))
     summary.add_row("errors", str(totals["errors"]))
-    summary.add_row("spend", _usd(totals["spend_usd"]))
-    summary.add_row(f"all-{data.get('baseline_tier', 'pro')} cost", _usd(totals["baseline_usd"]))
-    summary.add_row("savings", _usd(totals["savings_usd"]))
-    summary.add_row("cache hit rate", "-" if hit_rate is None else f"{hit_rate:.1%}")
+    usd = money([totals["spend_usd"], totals["baseline_usd"], totals["savings_usd"]])
+    summary.add_row("spend", usd(totals["spend_usd"]))
+    summary.add_row(f"all-{data.get('baseline_tier', 'pro')} cost", usd(totals["baseline_usd"]))
+    summary.add_row("savings", usd(totals["savings_usd"]))
+    cache = totals.get("cache") or {}
+    cacheable = cache.get("hit", 0) + cache.get("miss", 0)
+    summary.add_row(
+        f"cache hit rate (of {cacheable} cacheable requests)",
+        "-" if hit_rate is None else f"{hit_rate:.1%}",
+    )
     summary.add_row("policy", str(data.get("policy_version", "-")))
     console.print(summary)
 
     tiers = Table(title="per tier")
     for column in ("tier", "requests", "share", "spend", "savings", "p50", "p95", "ttft p50"):
-        tiers.add_column(column, justify="left" if column == "tier" else "right")
-    for name in data["tiers"]:
-        t = data["by_tier"][name]
+        tiers.add_column(column, justify="left" if column == "tier" else "right", no_wrap=True)
+    by_tier = [data["by_tier"][name] for name in data["tiers"]]
+    usd = money([t[k] for t in by_tier for k in ("spend_usd", "savings_usd")])
+    for name, t in zip(data["tiers"], by_tier, strict=True):
         tiers.add_row(
             name,
             str(t["requests"]),
             f"{t['share']:.1%}",
-            _usd(t["spend_usd"]),
-            _usd(t["savings_usd"]),
+            usd(t["spend_usd"]),
+            usd(t["savings_usd"]),
             _ms(t["p50_ms"]),
             _ms(t["p95_ms"]),
             _ms(t["ttft_p50_ms"]),
@@ -59,11 +83,16 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
     console.print(tiers)
 
     latest = Table(title="recent decisions")
+    rows = data["recent"][:recent]
+    id_width = max((len(str(row["id"])) for row in rows), default=7)
     for column in ("request", "alias", "tier", "score", "cache", "rule", "reason"):
-        latest.add_column(column, overflow="fold")
-    for row in data["recent"][:recent]:
+        whole = column == "request"  # ids are only useful whole
+        latest.add_column(
+            column, overflow="fold", no_wrap=whole, min_width=id_width if whole else None
+        )
+    for row in rows:
         latest.add_row(
-            str(row["id"])[:12],
+            str(row["id"]),
             str(row["alias"] or "-"),
             row["tier"],
             f"{row['score']:.3f}",
@@ -75,13 +104,15 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    console = Console()
+    import httpx  # here, so the other commands start without it
+
+    console = table_console()
     url = args.url.rstrip("/") + "/v1/stats"
     try:
         response = httpx.get(url, timeout=10.0)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        Console(stderr=True).print(f"flashpro stats: cannot read {url}: {exc}")
-        return 1
+        print(f"flashpro: cannot read {url}: {exc}", file=sys.stderr)  # one line, unwrapped
+        return 2
     render(response.json(), console, args.recent)
     return 0

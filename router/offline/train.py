@@ -43,6 +43,7 @@ from router.offline.evaluate import (
     report,
     routing_curve,
 )
+from router.offline.inputs import InputError
 from router.routing.classify import Calibration, LinearClassifier, Link
 from router.routing.features import N_FEATURES, extract
 
@@ -196,32 +197,41 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources",
         default=",".join(DEFAULT_SOURCES),
-        help="comma-separated sources to fit on ('all' for every source; log rows count as "
-        "their own 'source', default 'traffic')",
+        help=f"comma-separated sources to fit on (default: {','.join(DEFAULT_SOURCES)}, the "
+        "routing data whose licences allow it; 'all' for every source). Rows of flashpro's own "
+        "traffic (decision log, feedback) are always kept",
     )
 
 
 def _allowed(rows: Sequence[LabelledRow], sources: str) -> list[LabelledRow]:
     if sources == "all":
         return list(rows)
-    keep = {s.strip() for s in sources.split(",")} | {"traffic"}
-    return [r for r in rows if r.source in keep]
+    keep = {s.strip() for s in sources.split(",")}
+    return [r for r in rows if r.traffic or r.source in keep]
 
 
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    train = _allowed(read_rows(args.data), args.sources)
+    with console.status(f"reading {args.data} ..."):  # shown at once, on a terminal only
+        rows = read_rows(args.data)
+    train = _allowed(rows, args.sources)
     if not train:
-        console.print("no training rows left after the --sources filter")
-        return 2
+        found = ", ".join(sorted({r.source for r in rows})) or "none"
+        raise InputError(
+            f"{args.data}: no rows left after --sources {args.sources} (sources found: {found})"
+        )
+    console.print(f"{args.data}: {len(train)} of {len(rows)} rows kept (--sources {args.sources})")
     if args.dev is None:
+        console.print(f"fitting {DEFAULT.name()} ...")
         classifier = fit(train, DEFAULT)
         dev: list[LabelledRow] = []
     else:
-        dev = read_rows(args.dev)
+        with console.status(f"reading {args.dev} ..."):
+            dev = read_rows(args.dev)
         calib = _allowed(dev, args.sources) or dev
+        console.print(f"fitting {len(GRID)} candidates, each scored on {len(dev)} dev rows")
         classifier, _ = choose(train, dev, calib, log=console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     classifier.save(args.out)

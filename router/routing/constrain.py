@@ -3,10 +3,12 @@ the caller's group, latency targets and spend budgets. Pure: the live state come
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
-from router.errors import ModelNotFound, RateLimited, ServiceUnavailable
+from router.errors import BudgetExhausted, InvalidRequest, ModelNotFound, ServiceUnavailable
 from router.routing.decision import Decision, Thresholds
 from router.routing.latency import Profile, expected_latency_ms, profile_of
 from router.routing.limits import BudgetLimit
@@ -42,6 +44,7 @@ class RoutingState:
     strong_share: float | None = None  # share of the window at the share cap's tier or above
     group: str | None = None  # the caller's key group
     affinity_tier: str | None = None  # the tier that served this conversation before
+    now: float = 0.0  # unix time the state was read at (budgets reset at UTC midnight)
 
 
 NO_STATE = RoutingState()
@@ -167,10 +170,7 @@ def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decisio
     if budgets is None or spent is None:
         return decision
     if budgets.on_exhausted == "reject":
-        raise RateLimited(
-            f"The {spent.scope} spend budget is exhausted (spent ${spent.day_usd:.4f} today, "
-            f"${spent.month_usd:.4f} this month). Try again when the budget resets.",
-        )
+        raise budget_exhausted(spent, state.now)
     target = budgets.downgrade_to or next(iter(policy.tiers))
     if policy.rank(decision.tier) <= policy.rank(target):
         return decision
@@ -198,6 +198,75 @@ def _unverified(policy: Policy, decision: Decision, state: RoutingState) -> Deci
         return decision
     reason = f"{decision.reason}; spend ledger unreachable, budgets fail closed to {target}"
     return retarget(policy, decision, target, rule=f"budget:{blind.scope}", reason=reason)
+
+
+def with_vision(
+    policy: Policy, decision: Decision, images: bool, group: str | None = None
+) -> Decision:
+    """A request with image parts goes to a tier that reads images: the routed tier if it does,
+    else the nearest one the caller may use (the cheaper on a tie). A pinned tier without
+    vision, or no such tier at all, is a 400: images are never dropped silently."""
+    if not images or policy.tiers[decision.tier].vision:
+        return decision
+    usable = [t for t in usable_tiers(policy, group) if policy.tiers[t].vision]
+    if decision.alias is None or not usable:
+        model = policy.tiers[decision.tier].model
+        where = (
+            f"Tier '{decision.tier}' ({model}) does not accept images"
+            if decision.alias is None
+            else "No tier of this policy that the caller may use accepts images"
+        )
+        raise InvalidRequest(
+            f"{where}, and the request has image parts. Route it through an alias to a tier "
+            "marked `vision: true`, or send text only.",
+            param="messages",
+            code="images_not_supported",
+        )
+    rank = policy.rank(decision.tier)
+    tier = min(usable, key=lambda t: (abs(policy.rank(t) - rank), policy.rank(t)))
+    reason = f"{decision.reason}; images need a vision tier: {tier}"
+    return retarget(policy, decision, tier, reason, rule="vision")
+
+
+def budget_exhausted(spent: Spent, now: float) -> BudgetExhausted:
+    """The 429 for a spent budget: which budget, spend and limit, when it resets."""
+    limit = spent.limit
+    month = limit.usd_per_month is not None and spent.month_usd >= limit.usd_per_month
+    moment = datetime.fromtimestamp(now, UTC)
+    midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    if month:
+        used, cap, period, label = (
+            spent.month_usd,
+            limit.usd_per_month or 0.0,
+            "this month",
+            "monthly",
+        )
+        reset = (midnight.replace(day=1) + timedelta(days=32)).replace(day=1)
+    else:
+        used, cap, period, label = spent.day_usd, limit.usd_per_day or 0.0, "today", "daily"
+        reset = midnight + timedelta(days=1)
+    wait = max(1, math.ceil(reset.timestamp() - now))
+    decimals = 2 if cap >= 0.01 else min(10, 1 - math.floor(math.log10(cap))) if cap > 0 else 6
+    return BudgetExhausted(
+        f"The {_scope_name(spent.scope)} {label} budget is spent: ${used:.{decimals}f} of "
+        f"${cap:.{decimals}f} {period}. It resets at {reset:%Y-%m-%d %H:%M} UTC, in "
+        f"{_duration(wait)}; until then flashpro refuses requests under it.",
+        headers={"retry-after": str(wait), "x-should-retry": "false"},
+    )
+
+
+def _scope_name(scope: str) -> str:
+    if scope.startswith("group:"):
+        return f"group '{scope.removeprefix('group:')}'"
+    return "per-key" if scope.startswith("key:") else scope
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, minutes = rest // 3600, rest % 3600 // 60
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {minutes} min" if hours else f"{max(minutes, 1)} min"
 
 
 def retarget(

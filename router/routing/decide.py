@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from router.errors import ModelNotFound
+from router.errors import ModelNotFound, clip
 from router.routing.classify import Assessment
-from router.routing.constrain import NO_STATE, RoutingState, constrain, routed_model
+from router.routing.constrain import NO_STATE, RoutingState, constrain, routed_model, with_vision
 from router.routing.decision import Decision, RequestFacts, Thresholds
 from router.routing.policy import Condition, Policy, Rule
 
@@ -37,7 +37,7 @@ def target_of(policy: Policy, model: str) -> tuple[str | None, str | None]:
         return None, tier
     names = ", ".join([*policy.aliases, *policy.tiers])
     raise ModelNotFound(
-        f"The model '{model}' does not exist on this router. Use one of: {names}.",
+        f"The model '{clip(model)}' does not exist on this router. Use one of: {names}.",
         param="model",
     )
 
@@ -74,7 +74,8 @@ def decide(
     """
     model = routed_model(policy, facts.model, state)
     decision = _by_rules(policy, thresholds, facts, assessment, model)
-    return constrain(policy, thresholds, decision, state)
+    decision = constrain(policy, thresholds, decision, state)
+    return with_vision(policy, decision, facts.images, state.group)
 
 
 def _by_rules(
@@ -86,7 +87,11 @@ def _by_rules(
 ) -> Decision:
     alias, pinned = target_of(policy, model)
     if pinned is not None:
-        return _decision(policy, None, pinned, assessment, f"pinned:{pinned}", "model pinned")
+        reason = "model pinned"
+        if model in policy.tiers[pinned].deprecated_ids:
+            current = policy.tiers[pinned].model_name
+            reason = f"model pinned; deprecation: '{model}' is a retired id, use '{current}'"
+        return _decision(policy, None, pinned, assessment, f"pinned:{pinned}", reason)
     assert alias is not None
     steps = thresholds[alias]
     by_score, threshold_rule = steps.tier_for(assessment.score)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from router.schemas import ChatRequest
+
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
@@ -17,9 +19,23 @@ class RequestFacts:
     stream: bool = False
     prompt_tokens: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    images: bool = False  # a message carries an image part
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+
+def facts_of(request: ChatRequest, headers: Mapping[str, str], prompt_tokens: int) -> RequestFacts:
+    """The facts of a parsed request; `headers` with lower-case names."""
+    return RequestFacts(
+        model=request.model,
+        tools=bool(request.tools),
+        json_output=request.wants_json(),
+        stream=request.stream,
+        prompt_tokens=prompt_tokens,
+        headers=headers,
+        images=request.has_images(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,33 +101,91 @@ class Affinity(_Strict):
     )
 
 
-class OffPeak(_Strict):
-    """Discounted UTC hours: applied to cost headers, budgets and estimates."""
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
+
+def _check_windows(windows: list[str]) -> list[str]:
+    for window in windows:
+        if not _WINDOW.match(window):
+            raise ValueError(f"'{window}' is not 'HH:MM-HH:MM'")
+    return windows
+
+
+def _inside(windows: Sequence[str], minute: int) -> bool:
+    for window in windows:
+        start, end = (int(t[:2]) * 60 + int(t[3:]) for t in window.split("-"))
+        if start <= minute < end if start <= end else (minute >= start or minute < end):
+            return True
+    return False
+
+
+class PeakHours(_Strict):
+    """Peak-price hours on some weekdays (UTC); every other hour of the week is off-peak."""
+
+    days: list[Weekday] = Field(min_length=1, description="Weekdays these windows apply to.")
     windows_utc: list[str] = Field(
-        min_length=1, description="'HH:MM-HH:MM' UTC; a window may wrap past midnight."
-    )
-    discount: float = Field(
-        gt=0, le=1, description="Price multiplier in the windows (0.5 = half price)."
+        min_length=1, description="'HH:MM-HH:MM' UTC on those days; a window may not wrap."
     )
 
     @field_validator("windows_utc")
     @classmethod
     def _windows(cls, windows: list[str]) -> list[str]:
-        for window in windows:
-            if not _WINDOW.match(window):
-                raise ValueError(f"'{window}' is not 'HH:MM-HH:MM'")
-        return windows
+        return _check_windows(windows)
+
+
+class OffPeak(_Strict):
+    """Discounted hours: applied to cost headers, budgets and estimates. Give either
+    `windows_utc` (the same off-peak hours every day) or `peak` (the peak hours by weekday;
+    the rest of the week is off-peak), as DeepSeek publishes its windows."""
+
+    windows_utc: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Off-peak 'HH:MM-HH:MM' UTC, every day; a window may wrap past midnight.",
+    )
+    peak: list[PeakHours] | None = Field(
+        default=None,
+        min_length=1,
+        description="Peak hours by weekday (UTC); every other hour is off-peak.",
+    )
+    discount: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Price multiplier off-peak (0.5 = half price) for tiers that give no "
+        "`off_peak_prices`.",
+    )
+
+    @field_validator("windows_utc")
+    @classmethod
+    def _windows(cls, windows: list[str] | None) -> list[str] | None:
+        return None if windows is None else _check_windows(windows)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> OffPeak:
+        if (self.windows_utc is None) == (self.peak is None):
+            raise ValueError("give exactly one of 'windows_utc' or 'peak'")
+        return self
+
+    def active(self, now: datetime) -> bool:
+        """Whether `now` (UTC) is off-peak."""
+        minute = now.hour * 60 + now.minute
+        if self.windows_utc is not None:
+            return _inside(self.windows_utc, minute)
+        day = _DAYS[now.weekday()]
+        return not any(day in p.days and _inside(p.windows_utc, minute) for p in self.peak or ())
 
     def factor(self, now: datetime) -> float:
-        """The price multiplier at `now` (UTC)."""
-        minute = now.hour * 60 + now.minute
-        for window in self.windows_utc:
-            start, end = (int(t[:2]) * 60 + int(t[3:]) for t in window.split("-"))
-            inside = start <= minute < end if start <= end else (minute >= start or minute < end)
-            if inside:
-                return self.discount
-        return 1.0
+        """The price multiplier at `now` (UTC) for a tier without its own off-peak prices."""
+        return self.discount if self.active(now) else 1.0
+
+    def describe(self) -> str:
+        if self.windows_utc is not None:
+            return f"off-peak {', '.join(self.windows_utc)} UTC"
+        return "peak " + "; ".join(
+            f"{','.join(p.days)} {', '.join(p.windows_utc)} UTC" for p in self.peak or ()
+        )
 
 
 class Auth(_Strict):
@@ -136,7 +194,18 @@ class Auth(_Strict):
     required: bool = Field(
         default=False,
         description="Only client keys listed in `keys` or `key_env` may call; any other bearer "
-        "token, or none, gets 401 authentication_error.",
+        "token, or none, gets 401 authentication_error. Every endpoint but /healthz is locked: "
+        "the monitoring ones (/metrics, /v1/stats, /readyz) take `monitoring_keys`.",
+    )
+    monitoring_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256 hex digests of keys that may read /metrics, /v1/stats and /readyz "
+        "(and /v1/models) when `required`; client keys may not. With none here and none in "
+        "`monitoring_key_env`, the client keys may.",
+    )
+    monitoring_key_env: list[str] = Field(
+        default_factory=list,
+        description="Names of env vars each holding a monitoring key (as `monitoring_keys`).",
     )
 
 
@@ -229,6 +298,7 @@ class Limits(_Strict):
     @model_validator(mode="after")
     def _hashes(self) -> Limits:
         check_key_digests("keys", self.keys)
+        check_key_digests("auth.monitoring_keys", self.auth.monitoring_keys)
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.routing.limits import Limits, check_key_digests, limit_problems
+from router.routing.problems import Problems, describe, yaml_problem
 
 Thinking = Literal["enabled", "disabled"]
 Effort = Literal["low", "high", "max"]
@@ -23,11 +25,21 @@ class _Strict(BaseModel):
 
 
 class Prices(_Strict):
-    """USD per million tokens. Prices change: keep them here, never in code."""
+    """USD per million tokens, per token class DeepSeek bills. Prices change: keep them here,
+    never in code."""
 
     input_usd_per_mtok: float = Field(ge=0, description="Cache-miss input tokens.")
     cached_input_usd_per_mtok: float = Field(ge=0, description="Cache-hit input tokens.")
     output_usd_per_mtok: float = Field(ge=0, description="Output tokens, reasoning included.")
+
+    def scaled(self, factor: float) -> Prices:
+        if factor == 1.0:
+            return self
+        return Prices(
+            input_usd_per_mtok=self.input_usd_per_mtok * factor,
+            cached_input_usd_per_mtok=self.cached_input_usd_per_mtok * factor,
+            output_usd_per_mtok=self.output_usd_per_mtok * factor,
+        )
 
 
 class LatencyProfile(_Strict):
@@ -43,7 +55,38 @@ class Tier(_Strict):
     reasoning_effort: Effort | None = Field(
         default=None, description="Effort when thinking is enabled (high or max)."
     )
-    prices: Prices = Field(description="Prices used for cost headers and estimates.")
+    prices: Prices = Field(
+        description="Prices used for cost headers, budgets and estimates (peak prices when "
+        "`off_peak` is set)."
+    )
+    off_peak_prices: Prices | None = Field(
+        default=None,
+        description="Prices in the policy's off-peak hours; unset: `prices` times "
+        "`off_peak.discount`.",
+    )
+    vision: bool = Field(
+        default=False,
+        description="The model reads image parts. Requests with images go only to such tiers "
+        "(DeepSeek: Flash reads images, Pro does not); with none allowed they get a 400.",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Upstream calls in flight per flashpro process for this tier's account and "
+        "model (tiers sharing both share the count). Past it a request waits up to "
+        "`queue_ms`, then falls back or gets 503 with Retry-After. DeepSeek answers 429 above "
+        "2,500 (Flash) / 500 (Pro) per account. Unset: no cap.",
+    )
+    queue_ms: float = Field(
+        default=2000,
+        ge=0,
+        description="How long a request waits for a free slot under `max_concurrency`.",
+    )
+    deprecated_ids: list[str] = Field(
+        default_factory=list,
+        description="Retired upstream model ids clients may still send to pin this tier; "
+        "answers carry a `deprecation` note in x-flashpro-reason.",
+    )
     latency: LatencyProfile = Field(description="Latency profile used for estimates.")
     api_base: str | None = Field(
         default=None, description="Upstream base URL; defaults to DEEPSEEK_API_BASE."
@@ -255,20 +298,30 @@ class Policy(Limits):
     def _cross_references(self) -> Policy:
         problems = list(_cross_reference_problems(self))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def rank(self, tier: str) -> int:
         return list(self.tiers).index(tier)
 
     def tier_for_model(self, model: str) -> str | None:
-        """The tier a client pins by naming it or its upstream model id."""
+        """The tier a client pins by naming it, its upstream model id or a deprecated id."""
         if model in self.tiers:
             return model
         for name, tier in self.tiers.items():
             if model in (tier.model, tier.model_name):
                 return name
+        for name, tier in self.tiers.items():
+            if model in tier.deprecated_ids:
+                return name
         return None
+
+    def prices_at(self, tier: str, now: datetime) -> Prices:
+        """The tier's prices at `now` (UTC): off-peak prices in the off-peak hours."""
+        spec = self.tiers[tier]
+        if self.off_peak is None or not self.off_peak.active(now):
+            return spec.prices
+        return spec.off_peak_prices or spec.prices.scaled(self.off_peak.discount)
 
 
 def _cross_reference_problems(policy: Policy) -> list[str]:
@@ -321,19 +374,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
+        raise PolicyError(source, [yaml_problem(exc, source)]) from exc
     if not isinstance(data, dict):
         raise PolicyError(source, ["the document must be a mapping"])
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(source, [_describe(error) for error in exc.errors()]) from exc
-
-
-def _describe(error: Any) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
+        raise PolicyError(source, describe(exc.errors(), Policy)) from exc
 
 
 def load_policy(path: Path | None = None) -> tuple[Policy, str]:

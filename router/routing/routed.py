@@ -3,9 +3,11 @@ swaps, and a routed request. Pure data."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from router.routing.budget import Hold
 from router.routing.callers import Caller
@@ -24,6 +26,10 @@ class Routing:
     version: str
     thresholds: Mapping[str, Thresholds]
     keys: Mapping[str, str | None]  # api_key_env name -> key
+    # (tier, default base URL) -> upstream identity: computed once per routing, not per request
+    _identities: dict[tuple[str, str | None], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -35,6 +41,35 @@ class Routing:
     ) -> Routing:
         keys = {tier.api_key_env: environ.get(tier.api_key_env) for tier in policy.tiers.values()}
         return cls(policy, version, resolve_thresholds(policy, threshold_for_share), keys)
+
+    def identity(self, tier: str, default_base: str | None) -> str:
+        """Which upstream answers for `tier`: a hash of its base URL and account key (never the
+        key itself). Cached answers, spend and budgets are kept per upstream, so a simulated and
+        a real flashpro sharing one Redis never serve or charge each other."""
+        known = self._identities.get((tier, default_base))
+        if known is None:
+            spec = self.policy.tiers[tier]
+            base = spec.api_base or default_base
+            known = upstream_identity(base, self.keys.get(spec.api_key_env))
+            self._identities[(tier, default_base)] = known
+        return known
+
+    def upstreams(self, default_base: str | None) -> str:
+        """One identity for every upstream the policy's tiers call (budgets, share window)."""
+        joined = "\0".join(sorted({self.identity(t, default_base) for t in self.policy.tiers}))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def account(self, tier: str, default_base: str | None) -> str:
+        """How errors name the tier's upstream account: the key's env var and the host."""
+        base = self.policy.tiers[tier].api_base or default_base or "DeepSeek's API"
+        host = urlsplit(base).hostname or base
+        return f"the account of {self.policy.tiers[tier].api_key_env} at {host}"
+
+
+def upstream_identity(api_base: str | None, api_key: str | None) -> str:
+    """A short hash of an upstream base URL and account key."""
+    base = (api_base or "default").rstrip("/").lower()
+    return hashlib.sha256(f"{base}\0{api_key or ''}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

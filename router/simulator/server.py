@@ -12,8 +12,8 @@ import random
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
@@ -21,17 +21,25 @@ import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from router.simulator.faults import FaultSpec, SimError, parse_fault
+from router.simulator.kvcache import PrefixCache
+from router.simulator.pace import (
+    Queue,
+    send_body,
+    send_error,
+    send_json,
+    send_queued,
+    stream,
+    with_empty,
+)
 from router.simulator.text import (
     ChatRequest,
-    Choice,
-    FaultSpec,
-    SimError,
     check_context,
+    check_images,
     check_reasoning_passed_back,
     generate_choices,
     output_digest,
     parse_chat_request,
-    parse_fault,
 )
 from router.simulator.wire import completion_json, stream_events, usage_json
 
@@ -40,8 +48,6 @@ _CHAT_PATHS: Final = frozenset(
 )
 _MODEL_PATHS: Final = frozenset({"/models", "/v1/models"})
 _CHUNK_SECONDS: Final = 0.1  # stream pacing: one chunk per ~100 ms of generation at speed 1
-_PREFIX_CACHE_ENTRIES: Final = 200_000
-_JSON: Final = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class ModelProfile:
     ttft_ms: float
     tokens_per_s: float
     max_context_tokens: int = 1_000_000
-    thinking_by_default: bool = True  # False only for the legacy non-thinking alias deepseek-chat
+    thinking_by_default: bool = True
+    vision: bool = False  # reads image parts (DeepSeek: the Flash ids, not Pro)
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.tokens_per_s <= 0 or self.max_context_tokens < 1:
@@ -68,6 +75,7 @@ class SimulatorConfig:
     seed: int = 0
     max_output_tokens: int = 400  # natural answer length is drawn from [12, this]
     max_recorded_requests: int = 10_000
+    keepalive_interval_s: float = 0.1  # between keep-alive lines while a request is "queued"
 
     def __post_init__(self) -> None:
         if self.speed < 0 or not 0 <= self.fault_rate <= 1 or self.max_output_tokens < 1:
@@ -77,14 +85,16 @@ class SimulatorConfig:
 
 
 def default_profiles() -> dict[str, ModelProfile]:
-    flash = ModelProfile(ttft_ms=300, tokens_per_s=60)
+    """The ids DeepSeek serves (pricing page checked 2026-11-30): `deepseek-flash` and
+    `deepseek-v4-pro`, plus the retired Flash ids it still accepts; `deepseek-chat` and
+    `deepseek-reasoner` were retired on 2026-07-24 and are unknown models now."""
+    flash = ModelProfile(ttft_ms=300, tokens_per_s=60, vision=True)
     pro = ModelProfile(ttft_ms=900, tokens_per_s=30)
     return {
         "deepseek-flash": flash,
         "deepseek-v4-flash": flash,
+        "deepseek-v4-flash-vision-exp": flash,
         "deepseek-v4-pro": pro,
-        "deepseek-chat": replace(flash, thinking_by_default=False),
-        "deepseek-reasoner": flash,
     }
 
 
@@ -113,7 +123,7 @@ class SimulatorApp:
         # Mutated only on the event loop; the lock guards the log, which tests read from outside.
         self._recorded: deque[RecordedRequest] = deque(maxlen=config.max_recorded_requests)
         self._lock = threading.Lock()
-        self._prefixes: OrderedDict[bytes, None] = OrderedDict()  # DeepSeek's prefix cache
+        self._prefixes = PrefixCache()  # DeepSeek's context cache on disk
         self._faults: list[_QueuedFault] = []
         self._stats: Counter[tuple[str, str]] = Counter()  # (model, status or "disconnect")
         self._rng = random.Random(config.seed)
@@ -138,7 +148,7 @@ class SimulatorApp:
             await self._control(method, path, raw, send)
             return
         if path not in _CHAT_PATHS and path not in _MODEL_PATHS:
-            await _send_error(send, SimError(404, f"Not Found: {path}"))
+            await send_error(send, SimError(404, f"Not Found: {path}"))
             return
         headers = _headers(scope)
         body = _json_object(raw)
@@ -150,12 +160,12 @@ class SimulatorApp:
             if method != expected:
                 raise SimError(405, "Method Not Allowed")
             if path in _MODEL_PATHS:
-                await _send_json(send, 200, self._models())
+                await send_json(send, 200, self._models())
                 return
             await self._chat(raw, body, receive, send)
         except SimError as error:
             self._count(body.get("model") if body else None, str(error.status))
-            await _send_error(send, error)
+            await send_error(send, error)
 
     def _check_auth(self, headers: Mapping[str, str]) -> None:
         key = self.config.api_key
@@ -180,6 +190,7 @@ class SimulatorApp:
         profile = self.config.profiles.get(request.model)
         if profile is None:
             raise SimError(400, "Model Not Exist")
+        check_images(request, profile.vision)
         fault = self._fault(request)
         if fault.delay_ms:
             await asyncio.sleep(fault.delay_ms / 1000)
@@ -194,18 +205,27 @@ class SimulatorApp:
         choices = generate_choices(
             request, thinking=thinking, max_output_tokens=self.config.max_output_tokens
         )
-        usage = usage_json(prompt_tokens, self._prefix_cache_hit(prefixes, choices[0]), choices)
+        hit = self._prefixes.lookup(prefixes, output_digest(prefixes[-1][0], choices[0]))
+        usage = usage_json(prompt_tokens, hit, choices)
         scale = self.config.speed * (fault.slow or 1.0)
         ttft_s, per_token_s = profile.ttft_ms / 1000 * scale, scale / profile.tokens_per_s
         self._count(request.model, "200" if fault.disconnect_after is None else "disconnect")
+        queue = Queue(fault.queue_ms or 0.0, self.config.keepalive_interval_s)
         if request.stream:
             chunk_tokens = max(1, round(profile.tokens_per_s * _CHUNK_SECONDS))
-            events = stream_events(request, choices, usage, chunk_tokens)
-            await _stream(events, ttft_s, per_token_s, fault.disconnect_after, receive, send)
+            events = with_empty(
+                stream_events(request, choices, usage, chunk_tokens), fault.empty_events or 0
+            )
+            await stream(events, ttft_s, per_token_s, fault, queue, receive, send)
             return
+        if queue.ms:
+            await send_queued(send, queue)
         await asyncio.sleep(ttft_s + max(c.completion_tokens() for c in choices) * per_token_s)
         body_bytes = completion_json(request, choices, usage)
-        await _send_body(send, 200, body_bytes, drop=fault.disconnect_after is not None)
+        if queue.ms:  # the head and the blank lines are out: the body follows them
+            await send({"type": "http.response.body", "body": body_bytes})
+            return
+        await send_body(send, 200, body_bytes, drop=fault.disconnect_after is not None)
 
     def _fault(self, request: ChatRequest) -> FaultSpec:
         """Markers win over a queued fault; the random fault_rate applies only if no status is set."""
@@ -225,42 +245,31 @@ class SimulatorApp:
                 return queued.spec
         return None
 
-    def _prefix_cache_hit(self, prefixes: Sequence[tuple[bytes, int]], answer: Choice) -> int:
-        """Tokens of the longest cached prefix; then persist this request's prefixes and output."""
-        cache = self._prefixes
-        hit = next((tokens for digest, tokens in reversed(prefixes) if digest in cache), 0)
-        for digest in (*(d for d, _ in prefixes), output_digest(prefixes[-1][0], answer)):
-            cache[digest] = None
-            cache.move_to_end(digest)
-        while len(cache) > _PREFIX_CACHE_ENTRIES:
-            cache.popitem(last=False)
-        return hit
-
     def _count(self, model: object, outcome: str) -> None:
         self._stats[(model if isinstance(model, str) else "", outcome)] += 1
 
     async def _control(self, method: str, path: str, raw: bytes, send: Send) -> None:
         """The `/_sim/*` endpoints that let another process inspect and steer the simulator."""
         if path == "/_sim/requests" and method == "GET":
-            await _send_json(send, 200, [asdict(r) for r in self.requests()])
+            await send_json(send, 200, [asdict(r) for r in self.requests()])
         elif path == "/_sim/requests" and method == "DELETE":
             self.clear()
-            await _send_json(send, 200, {"cleared": True})
+            await send_json(send, 200, {"cleared": True})
         elif path == "/_sim/stats" and method == "GET":
-            await _send_json(send, 200, self._stats_json())
+            await send_json(send, 200, self._stats_json())
         elif path == "/_sim/faults" and method == "POST":
             try:
                 queued = _queued(_json_object(raw))
             except SimError as error:
-                await _send_error(send, error)
+                await send_error(send, error)
                 return
             self._faults.append(queued)
-            await _send_json(send, 200, {"queued": queued.remaining})
+            await send_json(send, 200, {"queued": queued.remaining})
         elif path == "/_sim/faults" and method == "DELETE":
             self._faults.clear()
-            await _send_json(send, 200, {"cleared": True})
+            await send_json(send, 200, {"cleared": True})
         else:
-            await _send_error(send, SimError(404, f"Not Found: {method} {path}"))
+            await send_error(send, SimError(404, f"Not Found: {method} {path}"))
 
     def _stats_json(self) -> dict[str, object]:
         by_model: dict[str, dict[str, int]] = {}
@@ -280,39 +289,6 @@ def _queued(body: dict[str, Any] | None) -> _QueuedFault:
 
 def create_simulator_app(config: SimulatorConfig) -> SimulatorApp:
     return SimulatorApp(config)
-
-
-async def _stream(
-    events: Iterator[tuple[bytes, int]],
-    ttft_s: float,
-    per_token_s: float,
-    disconnect_after: int | None,
-    receive: Receive,
-    send: Send,
-) -> None:
-    """Send SSE events at the model's pace; stop early if the client goes away."""
-    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    client_gone = asyncio.ensure_future(receive())  # resolves on http.disconnect
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ttft_s
-    due: list[bytes] = []  # events already due, sent in one write (speed 0 sends one write)
-    try:
-        for sent, (event, tokens) in enumerate(events):
-            deadline += tokens * per_token_s
-            if sent == disconnect_after or client_gone.done() or deadline > loop.time():
-                if due:
-                    body = b"".join(due)
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    due.clear()
-                if sent == disconnect_after or client_gone.done():
-                    return  # returning mid-body makes uvicorn drop the connection
-                await asyncio.sleep(deadline - loop.time())
-            due.append(event)
-        due.append(b"data: [DONE]\n\n")
-        await send({"type": "http.response.body", "body": b"".join(due)})
-    finally:
-        client_gone.cancel()
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -339,36 +315,6 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
-
-
-async def _send_json(send: Send, status: int, payload: object) -> None:
-    await _send_body(send, status, orjson.dumps(payload))
-
-
-async def _send_body(
-    send: Send,
-    status: int,
-    body: bytes,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    *,
-    drop: bool = False,
-) -> None:
-    length = (b"content-length", str(len(body)).encode())
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [_JSON, length, *headers]}
-    )
-    if drop:  # half the body, then return: uvicorn closes the socket mid-response
-        await send(
-            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
-        )
-        return
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, error: SimError) -> None:
-    retry = error.retry_after_s
-    headers = [] if retry is None else [(b"retry-after", f"{retry:g}".encode())]
-    await _send_body(send, error.status, orjson.dumps(error.envelope()), headers)
 
 
 class RunningSimulator:

@@ -12,11 +12,13 @@ import hashlib
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import orjson
+
+from router.simulator.faults import FaultSpec, SimError, markers_in
 
 Effort = Literal["low", "high", "max"]
 
@@ -27,17 +29,14 @@ EFFORTS: Final[Mapping[str, Effort]] = MappingProxyType(
 _REASONING_SCALE: Final[Mapping[Effort, float]] = MappingProxyType(
     {"low": 0.3, "high": 1.0, "max": 3.0}
 )
-_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
+_ROLES: Final = ("system", "user", "assistant", "tool")  # DeepSeek refuses `developer`, `function`
+_IMAGE_PARTS: Final = frozenset({"image_url", "image"})
+_USER_ID: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+_MAX_USER_ID_BYTES: Final = 512
 _MAX_OUTPUT_TOKENS: Final = 393_216
 _MAX_CHOICES: Final = 16
 CHARS_PER_TOKEN: Final = 4
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
-_MARKER: Final = re.compile(r"\[\[sim:([a-z_]+)=([0-9.]+)\]\]")
-# Fault fields by the names markers and `POST /_sim/faults` use (either spelling works in both).
-_FAULT_KEYS: Final[Mapping[str, str]] = MappingProxyType(
-    {"retry_after": "retry_after_s", "disconnect_after_chunks": "disconnect_after"}
-    | {k: k for k in ("status", "retry_after_s", "delay_ms", "disconnect_after", "slow")}
-)
 _PROSE: Final = """the a model router request token cache prefix latency answer question system user value
     result step first then next because therefore however data query pipeline budget policy stream
     chunk server client context reason check number list table function call simple clear fast slow
@@ -46,46 +45,6 @@ _PROSE: Final = """the a model router request token cache prefix latency answer 
     run fix update merge split join map filter reduce and or but with without for from into over
     under about between across after before"""
 _WORDS: Final = tuple(_PROSE.split())
-
-
-class SimError(Exception):
-    """An error the simulator answers with, rendered in the OpenAI/DeepSeek error envelope."""
-
-    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-    def envelope(self) -> dict[str, dict[str, str | None]]:
-        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(self.status)
-        kind = kind or ("invalid_request_error" if self.status < 500 else "api_error")
-        return {"error": {"message": self.message, "type": kind, "param": None, "code": kind}}
-
-
-@dataclass(frozen=True, slots=True)
-class FaultSpec:
-    """Misbehaviour asked for by a `[[sim:...]]` marker or the fault queue; None = not asked."""
-
-    status: int | None = None
-    retry_after_s: float | None = None
-    delay_ms: float | None = None  # absolute, before the response headers; not scaled by speed
-    disconnect_after: int | None = None  # SSE events sent before the connection is dropped
-    slow: float | None = None  # latency multiplier
-
-    def error(self) -> SimError | None:
-        if self.status is None:
-            return None
-        if self.status == 429:
-            retry_after = self.retry_after_s or 1.0
-            return SimError(429, "Rate limit reached for requests", retry_after_s=retry_after)
-        message = f"Simulated upstream error {self.status}"
-        return SimError(self.status, message, retry_after_s=self.retry_after_s)
-
-    def over(self, base: FaultSpec) -> FaultSpec:
-        """This spec with unset fields taken from `base`."""
-        mine = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(base, **{k: v for k, v in mine.items() if v is not None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +61,7 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...]
     reasoning_content: str | None
     tool_call_id: str | None
+    images: int = 0  # image parts in the content
 
     def tokens(self) -> int:
         calls = sum(count_tokens(c.name) + count_tokens(c.arguments) for c in self.tool_calls)
@@ -136,14 +96,22 @@ class ChatRequest:
     json_mode: bool
     fingerprint: bytes  # hash of everything that shapes the answer
     fault: FaultSpec
+    user_id: str | None = None
+
+    def first_image(self) -> int | None:
+        """The index of the first message with an image part, if any."""
+        return next((i for i, m in enumerate(self.messages) if m.images), None)
 
     def prefixes(self) -> list[tuple[bytes, int]]:
         """(digest, tokens) of every prompt prefix, shortest first; the last is the whole prompt.
 
-        Digests chain from the model id and the tools, so another model never shares a prefix.
+        Digests chain from the model id, the user_id and the tools, so another model or user
+        never shares a prefix.
         """
         tools = orjson.dumps([(t.name, t.parameters) for t in self.tools])
-        digest = _digest(self.model.encode() + b"\0" + tools)
+        # DeepSeek isolates its KV cache per user_id: another user never shares a prefix
+        scope = f"{self.model}\0{self.user_id or ''}\0".encode()
+        digest = _digest(scope + tools)
         tokens = count_tokens(tools) if self.tools else 0
         out = [(digest, tokens)]
         for message in self.messages:
@@ -199,9 +167,18 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise SimError(422, "Failed to deserialize the JSON body: missing field `messages`")
     if not raw_messages:
         raise SimError(400, "Invalid request: messages must not be empty")
-    messages = tuple(_parse_message(m) for m in raw_messages)
+    messages = tuple(_parse_message(m, i) for i, m in enumerate(raw_messages))
     tools = _parse_tools(body.get("tools"))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    json_mode = _parse_json_mode(body.get("response_format"))
+    if json_mode and not any(
+        m.role in ("system", "user") and "json" in m.text.lower() for m in messages
+    ):
+        raise SimError(
+            400,
+            "Prompt must contain the word 'json' in some form to use 'response_format' of type "
+            "'json_object'.",
+        )
+    max_tokens = body.get("max_tokens")  # DeepSeek ignores `max_completion_tokens`
     return ChatRequest(
         model=model,
         messages=messages,
@@ -214,14 +191,15 @@ def parse_chat_request(body: object) -> ChatRequest:
         n=_bounded_int(body.get("n"), "n", _MAX_CHOICES) or 1,
         tools=tools,
         tool=_parse_tool_choice(body.get("tool_choice"), tools),
-        json_mode=_parse_json_mode(body.get("response_format")),
+        json_mode=json_mode,
         fingerprint=_digest(
             orjson.dumps(
                 [model, raw_messages, [body.get(k) for k in ("seed", "temperature", "top_p")]],
                 option=orjson.OPT_SORT_KEYS,
             )
         ),
-        fault=_parse_markers(messages),
+        fault=_markers(messages),
+        user_id=_parse_user_id(body.get("user_id")),
     )
 
 
@@ -329,18 +307,58 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _parse_message(raw: object) -> ChatMessage:
-    if not isinstance(raw, dict) or raw.get("role") not in _ROLES:
-        raise SimError(422, "Failed to deserialize the JSON body: unknown variant of message role")
+def _parse_message(raw: object, index: int) -> ChatMessage:
+    if not isinstance(raw, dict):
+        raise SimError(422, f"Failed to deserialize the JSON body: messages[{index}]")
+    role = raw.get("role")
+    if role not in _ROLES:
+        expected = ", ".join(f"`{r}`" for r in _ROLES)
+        raise SimError(
+            400,
+            "Failed to deserialize the JSON body into the target type: "
+            f"messages[{index}].role: unknown variant `{role}`, expected one of {expected}",
+        )
     reasoning = raw.get("reasoning_content")
     tool_call_id = raw.get("tool_call_id")
+    content = raw.get("content")
     return ChatMessage(
-        role=raw["role"],
-        text=_text(raw.get("content")),
+        role=role,
+        text=_text(content),
         tool_calls=tuple(_parse_tool_call(c) for c in raw.get("tool_calls") or ()),
         reasoning_content=reasoning if isinstance(reasoning, str) else None,
         tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
+        images=_images(content),
     )
+
+
+def _images(content: object) -> int:
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS)
+
+
+def check_images(request: ChatRequest, vision: bool) -> None:
+    """A model without vision reads text parts only, and says so the way DeepSeek does."""
+    index = request.first_image()
+    if index is not None and not vision:
+        raise SimError(
+            400,
+            "Failed to deserialize the JSON body into the target type: "
+            f"messages[{index}]: unknown variant `image_url`, expected `text`",
+        )
+
+
+def _parse_user_id(raw: object) -> str | None:
+    """DeepSeek's `user_id`: letters, digits, `_` and `-`, at most 512 bytes."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, str)
+        or not _USER_ID.match(raw)
+        or len(raw.encode()) > _MAX_USER_ID_BYTES
+    ):
+        raise SimError(400, "Invalid user_id: use [a-zA-Z0-9_-], at most 512 bytes")
+    return raw
 
 
 def _text(content: object) -> str:
@@ -430,39 +448,10 @@ def _parse_json_mode(raw: object) -> bool:
     raise SimError(400, "This response_format type is unavailable now")
 
 
-def _parse_markers(messages: Sequence[ChatMessage]) -> FaultSpec:
+def _markers(messages: Sequence[ChatMessage]) -> FaultSpec:
     """`[[sim:key=value]]` markers in the last user message, so they pass through any proxy."""
     last_user = next((m for m in reversed(messages) if m.role == "user"), None)
-    if last_user is None or "[[sim:" not in last_user.text:
-        return FaultSpec()
-    return parse_fault(dict(_MARKER.findall(last_user.text)))
-
-
-def parse_fault(values: Mapping[str, object]) -> FaultSpec:
-    """A fault from marker values or a `POST /_sim/faults` body."""
-    unknown = set(values) - set(_FAULT_KEYS) - {"count", "model"}
-    if unknown:
-        raise SimError(400, f"Unknown simulator fault field: {', '.join(sorted(unknown))}")
-    try:
-        found = {
-            _FAULT_KEYS[k]: float(str(v))
-            for k, v in values.items()
-            if k in _FAULT_KEYS and v is not None
-        }
-    except ValueError:
-        raise SimError(400, f"Invalid simulator fault: {dict(values)}") from None
-    if "status" not in found and "retry_after_s" in found:
-        found["status"] = 429
-    if not 400 <= found.get("status", 400) <= 599:
-        raise SimError(400, f"Invalid simulator fault: status {found['status']:g} is not an error")
-    status, disconnect = found.get("status"), found.get("disconnect_after")
-    return FaultSpec(
-        status=None if status is None else int(status),
-        retry_after_s=found.get("retry_after_s"),
-        delay_ms=found.get("delay_ms"),
-        disconnect_after=None if disconnect is None else int(disconnect),
-        slow=found.get("slow"),
-    )
+    return FaultSpec() if last_user is None else markers_in(last_user.text)
 
 
 def check_context(request: ChatRequest, prompt_tokens: int, limit: int) -> None:

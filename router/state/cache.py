@@ -107,9 +107,13 @@ def request_digest(request: ChatRequest) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def cache_key(namespace: str, digest: bytes, tier_name: str, tier: Tier) -> str:
-    """The key of an answer to the request `digest` names, produced by `tier`."""
-    served = "\0".join((tier_name, tier.model, tier.thinking, tier.reasoning_effort or ""))
+def cache_key(namespace: str, digest: bytes, tier_name: str, tier: Tier, upstream: str = "") -> str:
+    """The key of an answer to the request `digest` names, produced by `tier` at the upstream
+    `upstream` names (a hash of its base URL and account: an answer from a simulator, another
+    base URL or another account never serves this one)."""
+    served = "\0".join(
+        (tier_name, tier.model, tier.thinking, tier.reasoning_effort or "", upstream)
+    )
     return f"{_PREFIX}:{namespace}:{hashlib.sha256(digest + served.encode()).hexdigest()[:40]}"
 
 
@@ -142,9 +146,14 @@ def repeatable(request: ChatRequest, rules: CachePolicy) -> bool:
 
 
 def plan_for(
-    policy: Policy, request: ChatRequest, tier: str, headers: Mapping[str, str]
+    policy: Policy,
+    request: ChatRequest,
+    tier: str,
+    headers: Mapping[str, str],
+    upstreams: Mapping[str, str] | None = None,
 ) -> CachePlan:
-    """The cache plan for a request routed to `tier`; `headers` have lower-case names."""
+    """The cache plan for a request routed to `tier`; `headers` have lower-case names;
+    `upstreams` maps each tier to its upstream identity (router/routing/routed.py)."""
     rules = policy.cache
     if not rules.enabled or not repeatable(request, rules):
         return BYPASS
@@ -157,18 +166,33 @@ def plan_for(
         names = list(policy.tiers)
         servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
         digest = request_digest(request)
-        return tuple(cache_key(namespace, digest, name, policy.tiers[name]) for name in servers)
+        return tuple(
+            cache_key(namespace, digest, name, policy.tiers[name], ids.get(name, ""))
+            for name in servers
+        )
 
-    keys = request.derived(f"cache-keys:{tier}:{namespace}", keys_of, policy)
+    ids = upstreams or {}
+    memo = f"cache-keys:{tier}:{namespace}:{ids.get(tier, '')}"
+    keys = request.derived(memo, keys_of, policy)
     return CachePlan(
         keys, read, write, rules.ttl_seconds, rules.max_entry_bytes, rules.coalesce_wait_seconds
     )
 
 
 def is_complete(body: Mapping[str, Any]) -> bool:
-    """Every choice finished normally (not cut by `length` or a content filter)."""
+    """Every choice finished normally (not cut by `length` or a content filter) with something
+    in it: DeepSeek's JSON mode may answer blank content (spaces) with `stop`, which a client
+    retries rather than keeps (api-docs.deepseek.com/guides/json_mode)."""
     choices = body.get("choices") or ()
-    return bool(choices) and all(choice.get("finish_reason") in _COMPLETE for choice in choices)
+    return bool(choices) and all(
+        choice.get("finish_reason") in _COMPLETE and _answered(choice) for choice in choices
+    )
+
+
+def _answered(choice: Mapping[str, Any]) -> bool:
+    message = choice.get("message") or {}
+    content = message.get("content")
+    return bool(message.get("tool_calls")) or (isinstance(content, str) and bool(content.strip()))
 
 
 class Cache(Protocol):

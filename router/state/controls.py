@@ -138,6 +138,7 @@ class Controls:
             strong_share=share,
             group=caller.group,
             affinity_tier=affinity,
+            now=now,
         )
 
     def _spent(
@@ -216,10 +217,17 @@ class Controls:
         await self.ledger.aclose()
 
 
-def open_controls(redis: str | Store | None, environ: Mapping[str, str]) -> Controls:
+def open_controls(
+    redis: str | Store | None, environ: Mapping[str, str], namespace: str = ""
+) -> Controls:
     """Redis-backed ledger and share window when Redis is configured (a URL, or the store the
-    rate limiter shares), else in-process ones."""
+    rate limiter shares), else in-process ones. `namespace` (the upstream set,
+    router/routing/routed.py) keeps each upstream's spend and share apart in a shared Redis."""
     shared = open_store(redis) if isinstance(redis, str) else redis
     if shared is None:
         return Controls(environ=environ)
-    return Controls(ledger=RedisLedger(shared), shares=RedisShareWindow(shared), environ=environ)
+    return Controls(
+        ledger=RedisLedger(shared, namespace=namespace),
+        shares=RedisShareWindow(shared, namespace=namespace),
+        environ=environ,
+    )

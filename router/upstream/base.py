@@ -23,12 +23,15 @@ from router.errors import (
     FlashproError,
     InvalidRequest,
     UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from router.routing.cost import Usage
+from router.routing.policy import Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,27 @@ class UpstreamCall:
     api_base: str | None
     api_key: str | None
     timeout_s: float
+
+    @classmethod
+    def to_tier(
+        cls,
+        tier: Tier,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        api_base: str | None,
+        api_key: str | None,
+    ) -> UpstreamCall:
+        """A call to `tier`'s model with its thinking settings and timeout."""
+        return cls(
+            tier.model,
+            messages,
+            params,
+            tier.thinking,
+            tier.reasoning_effort,
+            tier.api_base or api_base,
+            api_key,
+            tier.timeout_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +177,12 @@ def error_for_status(status: int, message: str, retry_after: str | None = None) 
         )
     if status == 400 and _CONTEXT_MESSAGE in message.lower():
         return ContextTooLong(f"The prompt is too long for the model: {message}")
+    if status == 402:
+        return UpstreamBalanceExhausted(
+            "The upstream account has run out of balance (DeepSeek 402 Insufficient Balance): "
+            f"{message}. Top up the account of the proxy's upstream key; the request itself is "
+            "fine."
+        )
     if status in (401, 403):
         return UpstreamAuthFailed(
             f"The upstream refused flashpro's API key for this model (status {status}): "
@@ -162,6 +192,9 @@ def error_for_status(status: int, message: str, retry_after: str | None = None) 
     if 400 <= status < 500:
         mirrored = status if status in (400, 404, 422) else 400
         return UpstreamRejected(f"The upstream rejected the request: {message}", status=mirrored)
+    if status == 503:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return UpstreamOverloaded("The upstream is overloaded (status 503).", headers=headers)
     return UpstreamError(f"The upstream failed (status {status}).")
 
 

@@ -3,7 +3,11 @@ call. The chain and the delays are pure functions; `Resilience` keeps the breake
 and sleeps between attempts.
 
 Only failures that another attempt may cure are retried: 429, 5xx, timeouts and dropped
-connections (`RETRYABLE`). Any other 4xx is the request's fault and is raised at once.
+connections (`RETRYABLE`). Any other 4xx is the request's fault and is raised at once. An
+account failure (DeepSeek's 402 Insufficient Balance, a refused key) is raised at once too, with
+no retry and no fallback (another call would only repeat it), but counts against the tier's
+breaker, so a drained account stops being called for `open_seconds`. A tier at its own
+`max_concurrency` is skipped for the next one in the chain without touching its breaker.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import TypeVar
 from router.errors import (
     FlashproError,
     ServiceUnavailable,
+    UpstreamAuthFailed,
+    UpstreamBalanceExhausted,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamSaturated,
     UpstreamTimeout,
 )
 from router.routing.constrain import retarget, usable_tiers
@@ -28,13 +35,15 @@ from router.routing.policy import Policy
 
 T = TypeVar("T")
 RETRYABLE = (UpstreamRateLimited, UpstreamTimeout, UpstreamError)
+ACCOUNT_FAILURES = (UpstreamBalanceExhausted, UpstreamAuthFailed)
 
 
-def chain(policy: Policy, tier: str, group: str | None = None) -> list[str]:
+def chain(policy: Policy, tier: str, group: str | None = None, images: bool = False) -> list[str]:
     """The tiers to try for a request routed to `tier`, in order, the tier itself first.
 
     Without `fallbacks:` each tier falls back to the cheaper tiers, strongest first, and the
-    cheapest tier to the next one up. Tiers the caller's group may not use are left out.
+    cheapest tier to the next one up. Tiers the caller's group may not use are left out, and
+    for a request with images, tiers that do not read them.
     """
     names = list(policy.tiers)
     if policy.fallbacks is not None:
@@ -43,7 +52,7 @@ def chain(policy: Policy, tier: str, group: str | None = None) -> list[str]:
         rest = names[: names.index(tier)][::-1]
     else:
         rest = names[1:2]
-    usable = usable_tiers(policy, group)
+    usable = [t for t in usable_tiers(policy, group) if policy.tiers[t].vision or not images]
     return [tier, *(t for t in rest if t in usable and t != tier)]
 
 
@@ -144,6 +153,7 @@ class Resilience:
         decision: Decision,
         attempt: Callable[[Decision], Awaitable[T]],
         group: str | None = None,
+        images: bool = False,
     ) -> tuple[T, Decision, Trail]:
         """`attempt(decision)` along the fallback chain; the answer, the decision of the tier
         that gave it, and the trail. Raises the last failure when every tier failed."""
@@ -151,7 +161,7 @@ class Resilience:
         tried: list[str] = []
         reason: str | None = None
         last: FlashproError | None = None
-        for tier in chain(policy, decision.tier, group):
+        for tier in chain(policy, decision.tier, group, images):
             circuit = self.circuit(tier)
             if not circuit.allows(policy.breaker, self._clock()):
                 reason = reason or "circuit_open"
@@ -162,6 +172,12 @@ class Resilience:
                 calls += 1
                 try:
                     value = await attempt(chosen)
+                except UpstreamSaturated as exc:
+                    last, reason = exc, reason or exc.code
+                    break  # the tier is busy here, not failing: the next tier may have room
+                except ACCOUNT_FAILURES:
+                    circuit.failed(policy.breaker, self._clock())
+                    raise
                 except RETRYABLE as exc:
                     circuit.failed(policy.breaker, self._clock())
                     last, reason = exc, reason or exc.code or "upstream_error"
