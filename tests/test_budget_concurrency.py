@@ -44,8 +44,12 @@ class Tally:
 
 
 def day_spend(url: str) -> float:
+    """Today's total spend in the ledger (kept per upstream set: one here)."""
     day = datetime.now(UTC).strftime("%Y%m%d")
-    return float(redis.Redis.from_url(url).get(f"flashpro:v1:spend:total:d:{day}") or 0)
+    client = redis.Redis.from_url(url)
+    keys = client.keys(f"flashpro:v1:spend:*:total:d:{day}")
+    assert len(keys) <= 1, keys
+    return float(client.get(keys[0]) or 0) if keys else 0.0
 
 
 @dataclass
@@ -86,7 +90,7 @@ def pair(
     }
     args = ["--policy", str(policy), "--log-level", "warning"]
     with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
-        managers = [flashpro_process(args, env) for _ in range(2)]
+        managers = [flashpro_process(args, env, ready_s=180) for _ in range(2)]
         started = [pool.submit(stack.enter_context, manager) for manager in managers]
         yield Pair([future.result().base for future in started], policy, url)
     redis.Redis.from_url(url).flushdb()
