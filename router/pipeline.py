@@ -23,7 +23,6 @@ from router.errors import (
 from router.observe.observer import Observer
 from router.observe.record import record_of
 from router.routing.auth import authorize
-from router.routing.budget import Hold, expected_usage
 from router.routing.callers import Caller
 from router.routing.classify import Classifier
 from router.routing.constrain import NO_STATE, RoutingState
@@ -136,43 +135,9 @@ async def admit(
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
     routed = route(deps, request, headers, state, routing, caller, request_id)
-    routed = await hold(deps, routed, state)
+    routed = await deps.controls.reserve(routed, state)  # its expected cost, until charged
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
-
-
-async def hold(deps: Deps, routed: Routed, state: RoutingState) -> Routed:
-    """Hold the answer's expected cost against the caller's budgets until it is charged. The
-    check and the hold are one atomic step across processes (router/state/ledger.py): a budget
-    that requests in flight have taken meanwhile routes the request again under the spend that
-    refused it (reject: 429; downgrade: the cheaper tier, held without a check)."""
-    if not state.spent:
-        return routed
-    routing = _routing(deps, routed)
-    check = not routed.decision.rule.startswith("budget:")  # a downgrade is served regardless
-    held = await deps.controls.hold(routing.policy, routed.caller, estimate(deps, routed), check)
-    if isinstance(held, tuple):
-        state = replace(state, spent=held)
-        args = (routed.request, routed.headers, state, routing, routed.caller, routed.request_id)
-        routed = route(deps, *args)  # raises when the budget rejects
-        held = await deps.controls.hold(
-            routing.policy, routed.caller, estimate(deps, routed), False
-        )
-    return replace(routed, hold=held) if isinstance(held, Hold) else routed
-
-
-def estimate(deps: Deps, routed: Routed) -> float:
-    """What the routed request is expected to cost: its prompt and the tier's expected answer
-    at the tier's prices."""
-    tier = _routing(deps, routed).policy.tiers[routed.decision.tier]
-    usage = expected_usage(tier, routed.assessment.prompt_tokens, routed.caller.max_tokens)
-    return price(deps, routed.decision, usage, routed.routing)
-
-
-async def release(deps: Deps, routed: Routed) -> None:
-    """Give back a request's budget hold when it was not charged (an error, a cache hit);
-    nothing once it was."""
-    await deps.controls.release(routed.hold)
 
 
 async def preview(deps: Deps, request: ChatRequest, headers: Mapping[str, str]) -> Routed:
@@ -300,7 +265,7 @@ async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answ
     try:
         return await _complete(deps, routed, plan)
     finally:
-        await release(deps, routed)
+        await deps.controls.release(routed.hold)
 
 
 async def _complete(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
@@ -435,10 +400,10 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     try:
         opened = await _open_stream(deps, routed, plan)
     except BaseException:
-        await release(deps, routed)
+        await deps.controls.release(routed.hold)
         raise
     if opened.cache == "hit":
-        await release(deps, routed)
+        await deps.controls.release(routed.hold)
     return opened
 
 

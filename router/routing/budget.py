@@ -4,8 +4,9 @@ until the answer is charged. Pure: no I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from router.routing.cost import Usage
+from router.routing.cost import Usage, cost_usd
 from router.routing.policy import Policy, Tier
 
 HOLD_SLACK_S = 60.0  # a hold outlives the longest call it can cover by this much
@@ -31,6 +32,15 @@ def expected_usage(tier: Tier, prompt_tokens: int, max_tokens: int | None) -> Us
         answer = min(answer, max_tokens)
     reasoning = tier.expected_reasoning_tokens if tier.thinking == "enabled" else 0
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=answer + reasoning)
+
+
+def expected_cost(
+    policy: Policy, tier: str, prompt_tokens: int, max_tokens: int | None, now: float
+) -> float:
+    """What an answer from `tier` is expected to cost at `now` (unix seconds): its expected
+    usage at the tier's prices then."""
+    usage = expected_usage(policy.tiers[tier], prompt_tokens, max_tokens)
+    return cost_usd(usage, policy.prices_at(tier, datetime.fromtimestamp(now, UTC)))
 
 
 def hold_ttl_s(policy: Policy) -> float:

@@ -10,17 +10,19 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.errors import InvalidRequest
-from router.routing.budget import Hold, hold_ttl_s
+from router.routing.budget import Hold, expected_cost, hold_ttl_s
 from router.routing.callers import Caller, bearer_digest, key_digest
 from router.routing.constrain import RoutingState, Spent
 from router.routing.cost import Usage
-from router.routing.decision import Decision
+from router.routing.decide import decide
+from router.routing.decision import Decision, facts_of
 from router.routing.latency import LatencyLearner
 from router.routing.limits import BudgetLimit
 from router.routing.policy import Policy
+from router.routing.routed import Routed
 from router.schemas import ChatRequest
 from router.state.ledger import Ledger, MemoryLedger, RedisLedger
 from router.state.share import MemoryShareWindow, RedisShareWindow, ShareWindow
@@ -168,6 +170,30 @@ class Controls:
             self._open = {t: at for t, at in self._open.items() if at > now}
         self._open[hold.token] = hold.expires_at
         return hold
+
+    async def reserve(self, routed: Routed, state: RoutingState) -> Routed:
+        """The routed request holding its expected cost against the caller's budgets until it
+        is charged. The check and the hold are one atomic step across processes
+        (router/state/ledger.py): a budget taken meanwhile by requests in flight routes the
+        request again under the spend that refused it (reject: 429; downgrade: the downgrade
+        tier, held without a check)."""
+        routing = routed.routing
+        if not state.spent or routing is None:
+            return routed
+        policy, caller, prompt = routing.policy, routed.caller, routed.assessment.prompt_tokens
+
+        def cost(decision: Decision) -> float:
+            return expected_cost(policy, decision.tier, prompt, caller.max_tokens, self.now())
+
+        check = not routed.decision.rule.startswith("budget:")  # a downgrade is served anyway
+        held = await self.hold(policy, caller, cost(routed.decision), check)
+        if isinstance(held, tuple):
+            facts = facts_of(routed.request, routed.headers, prompt)
+            later = replace(state, spent=held)
+            decision = decide(policy, routing.thresholds, facts, routed.assessment, later)
+            routed = replace(routed, decision=decision)  # decide raised if the budget rejects
+            held = await self.hold(policy, caller, cost(decision), check=False)
+        return replace(routed, hold=held) if isinstance(held, Hold) else routed
 
     async def release(self, hold: Hold | None) -> None:
         """Give back the hold of a request that was not charged (failed, or a cache hit)."""
