@@ -22,6 +22,8 @@ from router.errors import (
 )
 from router.http.api import api, json_response, request_id_of
 from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
+from router.http.messages import PATHS as MESSAGES_PATHS
+from router.http.messages import MessagesEndpoint
 from router.http.monitor import monitor
 from router.http.reload import hot_reload
 from router.http.responses import ResponsesEndpoint, is_responses_path
@@ -56,6 +58,7 @@ def build_deps(settings: Settings) -> Deps:
         upstream=open_upstream(settings.transport, secrets),
         memory=open_reasoning(settings.redis_url),
         api_base=settings.deepseek_api_base,
+        anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
         controls=open_controls(shared, os.environ, routing.upstreams(settings.deepseek_api_base)),
         rates=open_rate_limiter(shared),
@@ -69,16 +72,19 @@ def build_deps(settings: Settings) -> Deps:
 
 
 class FlashproApp(FastAPI):
-    """FastAPI for every endpoint but the proxied ones: chat completions and responses go
-    straight to their bare ASGI handlers (router/http/chat.py, router/http/responses.py), past
-    the framework's routing and response layers."""
+    """FastAPI for every endpoint but the proxied ones: chat completions, Anthropic messages and
+    responses go straight to their bare ASGI handlers (router/http/chat.py, messages.py,
+    responses.py), past the framework's routing and response layers."""
 
     chat: ChatEndpoint
+    messages: MessagesEndpoint
     responses: ResponsesEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self.chat(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in MESSAGES_PATHS:
+            await self.messages(scope, receive, send)
         elif scope["type"] == "http" and is_responses_path(scope["path"]):
             await self.responses(scope, receive, send)
         else:
@@ -115,6 +121,9 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
 
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
     app.chat = ChatEndpoint(
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+    )
+    app.messages = MessagesEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
     app.responses = ResponsesEndpoint(

@@ -474,6 +474,7 @@ def _start_simulator(policy: Policy, speed: float) -> None:
         )
     running = simulator.start_in_thread(simulator.SimulatorConfig(profiles=profiles, speed=speed))
     os.environ["DEEPSEEK_API_BASE"] = running.url
+    os.environ["DEEPSEEK_ANTHROPIC_API_BASE"] = running.url + "/anthropic"
     os.environ["FLASHPRO_SIMULATED"] = "true"
     for tier in policy.tiers.values():
         os.environ[tier.api_key_env] = "sk-simulated-upstream"

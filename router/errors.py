@@ -195,13 +195,12 @@ class ServiceUnavailable(FlashproError):
     default_code = "service_unavailable"
 
 
+def internal_error(request_id: str) -> FlashproError:
+    """The generic 500: nothing about the cause leaks to the client."""
+    message = f"Internal error; quote request id {request_id} when reporting it."
+    return FlashproError(message, code="internal_error")
+
+
 def internal_error_envelope(request_id: str) -> dict[str, Any]:
-    """The generic 500 body: nothing about the cause leaks to the client."""
-    return {
-        "error": {
-            "message": f"Internal error; quote request id {request_id} when reporting it.",
-            "type": "server_error",
-            "param": None,
-            "code": "internal_error",
-        }
-    }
+    """The generic 500 body in OpenAI's envelope."""
+    return internal_error(request_id).envelope()

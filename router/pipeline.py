@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from router.errors import (
     UpstreamError,
     UpstreamSaturated,
 )
+from router.formats import Assembler, format_of
 from router.observe.observer import Observer
 from router.observe.record import record_of
 from router.routing.auth import authorize
@@ -32,13 +32,13 @@ from router.routing.decision import Decision, facts_of
 from router.routing.policy import Policy
 from router.routing.routed import Routed, Routing, RoutingHolder
 from router.schemas import ChatRequest
+from router.schemas_anthropic import MessagesRequest
 from router.state.cache import (
     BYPASS,
     CachePlan,
     CacheStatus,
     Entry,
     ResponseCache,
-    is_complete,
     namespace_of,
     plan_for,
 )
@@ -46,9 +46,9 @@ from router.state.controls import Controls, caller_of
 from router.state.ratelimit import RateLimiter, check_shape, limits_for
 from router.state.reasoning import ReasoningStore
 from router.state.responses import ResponseStore
-from router.upstream.assemble import StreamAssembler, chunks_of
 from router.upstream.base import Chunk, Completion, Upstream, UpstreamCall
 from router.upstream.concurrency import Concurrency, Held
+from router.upstream.messages import messages_call
 from router.upstream.resilience import NO_TRAIL, Resilience, Trail
 from router.upstream.shaping import shape, user_id_of
 
@@ -64,6 +64,7 @@ class Deps:
     upstream: Upstream
     memory: ReasoningStore  # reasoning of tool-call turns (Redis with REDIS_URL)
     api_base: str | None  # default upstream base URL for tiers that give none
+    anthropic_api_base: str | None = None  # likewise for Anthropic-format (/v1/messages) calls
     cache: ResponseCache = field(default_factory=ResponseCache.in_memory)
     controls: Controls = field(default_factory=Controls)  # budgets, share window, latency
     rates: RateLimiter = field(default_factory=RateLimiter)  # per-key requests/tokens a minute
@@ -124,10 +125,17 @@ def route(
 
 
 async def admit(
-    deps: Deps, request: ChatRequest, headers: Mapping[str, str], request_id: str = ""
+    deps: Deps,
+    request: ChatRequest,
+    headers: Mapping[str, str],
+    request_id: str = "",
+    *,
+    api: str = "chat",
+    anthropic: MessagesRequest | None = None,
 ) -> Routed:
     """Route under the live limits (budgets, share cap, latency, caller group), then count the
-    request toward the share window."""
+    request toward the share window. A front door relaying another wire format passes its
+    parsed body as well (`anthropic`), and `request` is its chat view."""
     routing = deps.live
     caller = caller_of(routing.policy, request, headers, deps.controls.environ)
     await guard(deps, routing.policy, caller, request)
@@ -135,6 +143,8 @@ async def admit(
     if state.spent:
         deps.observer.metrics.budget_remaining(state.spent)
     routed = route(deps, request, headers, state, routing, caller, request_id)
+    if api != "chat" or anthropic is not None:
+        routed = replace(routed, api=api, anthropic=anthropic)
     routed = await deps.controls.reserve(routed, state)  # its expected cost, until charged
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
@@ -169,7 +179,9 @@ def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CacheP
     and whether to store its answer."""
     routing = _routing(deps, routed)
     upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
-    return plan_for(routing.policy, routed.request, routed.decision.tier, headers, upstreams)
+    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    tier = routed.decision.tier
+    return plan_for(routing.policy, routed.request, tier, headers, upstreams, digest)
 
 
 def _namespace(deps: Deps, routed: Routed) -> str:
@@ -180,14 +192,18 @@ def _namespace(deps: Deps, routed: Routed) -> str:
 
 async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
     """The call to the routed tier: reasoning of earlier tool-call turns restored, shaped to
-    DeepSeek's rules (router/upstream/shaping.py), the caller's tenant hash as `user_id`."""
+    DeepSeek's rules (router/upstream/shaping.py), the caller's tenant hash as `user_id`; a
+    Messages body goes as it is, in Anthropic format (router/upstream/messages.py)."""
     routing = _routing(deps, routed)
     name = routed.decision.tier
     tier = routing.policy.tiers[name]
     namespace = _namespace(deps, routed)
+    key = routing.keys.get(tier.api_key_env)
+    if routed.anthropic is not None:
+        base = tier.api_base_anthropic or deps.anthropic_api_base
+        return messages_call(tier, routed.anthropic, base, key, user_id_of(namespace))
     messages = await deps.memory.restore(namespace, routed.request.messages)
     dumped = [m.model_dump(exclude_none=True) for m in messages]
-    key = routing.keys.get(tier.api_key_env)
     call = UpstreamCall.to_tier(tier, dumped, routed.request.upstream_params(), deps.api_base, key)
     return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
 
@@ -260,23 +276,16 @@ async def _charge(
 
 
 async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answer:
-    """A whole answer: from the cache if it has one, else from the upstream (coalesced). The
-    budget hold is settled by the charge, or given back."""
-    try:
-        return await _complete(deps, routed, plan)
-    finally:
-        await deps.controls.release(routed.hold)
-
-
-async def _complete(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
-    if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        return _cached(deps, routed, entry)
-    if not plan.coalesce:
-        return await _call(deps, routed, plan)
-    async with deps.cache.turn(plan) as entry:
-        if entry is not None:
+    """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
+    async with deps.controls.holding(routed.hold):  # settled by the charge, else given back
+        if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
             return _cached(deps, routed, entry)
-        return await _call(deps, routed, plan)
+        if not plan.coalesce:
+            return await _call(deps, routed, plan)
+        async with deps.cache.turn(plan) as entry:
+            if entry is not None:
+                return _cached(deps, routed, entry)
+            return await _call(deps, routed, plan)
 
 
 async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
@@ -295,9 +304,7 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
     await deps.memory.remember(_namespace(deps, routed), completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
-    await _store(
-        deps, _replanned(deps, routed, plan, trail), routed.decision, completion.body, cost
-    )
+    await _store(deps, _replanned(deps, routed, plan, trail), routed, completion.body, cost)
     return Answer(completion.body, routed.decision, cost, plan.status, trail=trail)
 
 
@@ -330,27 +337,22 @@ def _replanned(deps: Deps, routed: Routed, plan: CachePlan, trail: Trail) -> Cac
 
 
 async def _store(
-    deps: Deps, plan: CachePlan, decision: Decision, body: dict[str, Any], cost: float
+    deps: Deps, plan: CachePlan, routed: Routed, body: dict[str, Any], cost: float
 ) -> None:
     """Keep an answer that finished normally, if the plan writes."""
-    if plan.write and is_complete(body):
+    if plan.write and format_of(routed).complete(body):
+        decision = routed.decision
         await deps.cache.store(plan, Entry(body, decision.tier, decision.model, cost))
 
 
 def _cached(deps: Deps, routed: Routed, entry: Entry) -> Answer:
     decision = _produced_by(routed.decision, entry)
     _observe_hit(deps, routed, entry, decision)
-    return Answer(_fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
-
-
-def _fresh(body: dict[str, Any]) -> dict[str, Any]:
-    """A stored answer as a new completion: its own id and creation time, as every answer
-    from the upstream has (clients key logs and deduplication on the id)."""
-    return {**body, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
+    return Answer(format_of(routed).fresh(entry.body), decision, 0.0, "hit", entry.cost_usd)
 
 
 def _observe_hit(deps: Deps, routed: Routed, entry: Entry, decision: Decision) -> None:
-    usage = Usage.from_wire(entry.body.get("usage"))  # what the hit saved, at baseline prices
+    usage = format_of(routed).usage(entry.body)  # what the hit saved, at baseline prices
     observe(deps, routed, cache="hit", usage=usage, decision=decision)
 
 
@@ -366,9 +368,11 @@ def observe(
     cost: float = 0.0,
     timing: tuple[float, float | None] | None = None,
     decision: Decision | None = None,
+    api: str | None = None,
 ) -> None:
-    """The one observation hook: a finished (or failed) chat request, as one record, to the
-    metrics, the access log, the dashboard and the decision log (router/observe/observer.py)."""
+    """The one observation hook: a finished (or failed) request, as one record, to the metrics,
+    the access log, the dashboard and the decision log (router/observe/observer.py). `api`
+    names the front door of a request that failed before it was routed."""
     policy = _routing(deps, routed).policy if routed is not None else deps.live.policy
     record = record_of(
         policy,
@@ -381,6 +385,7 @@ def observe(
         cost=cost,
         timing=timing,
         decision=decision,
+        api=api,
     )
     deps.observer.request_done(record)
 
@@ -395,26 +400,18 @@ def _produced_by(decision: Decision, entry: Entry) -> Decision:
 
 async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> StreamAnswer:
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
-    failures surface as a status). Streams are not coalesced: see router/state/cache.py. The
-    budget hold is given back unless a stream opens; its end (or cut) settles it."""
-    try:
-        opened = await _open_stream(deps, routed, plan)
-    except BaseException:
-        await deps.controls.release(routed.hold)
-        raise
-    if opened.cache == "hit":
-        await deps.controls.release(routed.hold)
-    return opened
-
-
-async def _open_stream(deps: Deps, routed: Routed, plan: CachePlan) -> StreamAnswer:
+    failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        replay = _replay(chunks_of(_fresh(entry.body), routed.request.include_usage()))
+        await deps.controls.release(routed.hold)
+        wire = format_of(routed)
+        replay = _replay(wire.replay(wire.fresh(entry.body), routed))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
     started = time.monotonic()
-    (first, chunks), routed, trail = await resilient(deps, routed, partial(_first_chunk, deps))
+    async with deps.controls.holding(routed.hold, keep=True):  # the stream's end settles it
+        opening = await resilient(deps, routed, partial(_first_chunk, deps))
+    (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
     relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()))
     return StreamAnswer(routed.decision, relay, plan.status, trail=trail)
@@ -448,14 +445,14 @@ async def _relay(
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Relay chunks (usage only if the client asked), assembling the answer as it goes."""
-    include_usage = routed.request.include_usage()
-    assembler = StreamAssembler()
+    """Relay chunks as the client's format has them, assembling the answer as it goes."""
+    wire = format_of(routed)
+    assembler = wire.assembler()
     try:
         chunk: Chunk | None = first
         while chunk is not None:
             assembler.add(chunk.data)
-            data = _for_client(chunk.data, include_usage)
+            data = wire.for_client(chunk.data, routed)
             if data is not None:
                 yield data
             chunk = await anext(rest, None)
@@ -468,18 +465,18 @@ async def _relay(
     if assembler.finished:  # not after a client disconnect or an upstream drop
         body = assembler.body()
         await deps.memory.remember(_namespace(deps, routed), body)
-        usage = Usage.from_wire(body.get("usage"))
+        usage = wire.usage(body)
         cost = price(deps, routed.decision, usage, routed.routing)
         started, first_at = timing or (time.monotonic(), None)
         await _answered(deps, routed, usage, cost, started, first_at, plan.status)
-        await _store(deps, plan, routed.decision, body, cost)
+        await _store(deps, plan, routed, body, cost)
 
 
 async def _cut(
     deps: Deps,
     routed: Routed,
     plan: CachePlan,
-    assembler: StreamAssembler,
+    assembler: Assembler,
     cause: BaseException | None,
 ) -> None:
     """A stream that ended early still counts: the client left (499) or the upstream broke
@@ -487,26 +484,16 @@ async def _cut(
     characters a token, reasoning included) are priced and charged to the budgets and rates."""
     left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
     status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
-    usage = Usage.from_wire(assembler.usage) if assembler.usage else _estimated(routed, assembler)
+    usage = assembler.reported_usage() or _estimated(routed, assembler)
     cost = price(deps, routed.decision, usage, routed.routing)
     observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
     await _charge(deps, routed, usage, cost, None)
 
 
-def _estimated(routed: Routed, assembler: StreamAssembler) -> Usage:
+def _estimated(routed: Routed, assembler: Assembler) -> Usage:
     produced, reasoning = assembler.produced_chars()
     return Usage(
         prompt_tokens=routed.assessment.prompt_tokens,
         completion_tokens=-(-produced // 4),
         reasoning_tokens=-(-reasoning // 4),
     )
-
-
-def _for_client(data: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    if include_usage:
-        return data
-    if not data.get("choices"):
-        return None  # a usage-only chunk the client did not ask for
-    if "usage" in data:
-        return {k: v for k, v in data.items() if k != "usage"}
-    return data

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     deepseek_api_base: str | None = Field(
         default=None, validation_alias=AliasChoices("DEEPSEEK_API_BASE")
     )
+    deepseek_anthropic_api_base: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPSEEK_ANTHROPIC_API_BASE"),
+        description="Anthropic-format base URL for /v1/messages; None = DeepSeek's.",
+    )
     simulated: bool = Field(default=False, description="The upstream is the simulator.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(
@@ -47,6 +52,12 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         description="From the end of a request's headers to the end of its body (408 past it).",
+    )
+    write_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a client may leave its answer unread (flashpro's writes paused) "
+        "before it is dropped.",
     )
     max_connections: int = Field(
         default=4096, ge=1, description="Open client connections per process; past it, 503."

@@ -184,7 +184,11 @@ def serve_app(
 
 
 def settings_for(simulator: RunningSimulator, **overrides: object) -> Settings:
-    values: dict[str, object] = {"deepseek_api_base": simulator.url, **overrides}
+    values: dict[str, object] = {
+        "deepseek_api_base": simulator.url,
+        "deepseek_anthropic_api_base": simulator.url + "/anthropic",
+        **overrides,
+    }
     return Settings.model_validate(values)
 
 

@@ -203,3 +203,17 @@ def test_a_serve_whose_decision_log_cannot_be_written_exits_non_zero(tmp_path: P
         assert httpx.post(running.base + "/v1/chat/completions", json=body).status_code == 200
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=20) == 1
+
+
+def test_two_callers_with_the_same_request_id_keep_their_own_decisions_and_ratings(
+    tmp_path: Path,
+) -> None:
+    alice, bob = key_digest("fp-alice"), key_digest("fp-bob")
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.decision(record("same-id", key=alice))
+    log.decision(record("same-id", key=bob))
+    assert log.feedback("same-id", 1.0, alice) and log.feedback("same-id", 0.0, bob)
+    assert not log.feedback("same-id", 1.0, key_digest("fp-carol"))
+    log.flush()
+    rows = list(join(read_log(log.path)))
+    assert {row["key"]: row["label"] for row in rows} == {alice[:16]: 0.0, bob[:16]: 1.0}

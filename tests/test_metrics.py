@@ -161,7 +161,14 @@ def test_tenant_label_only_when_the_policy_allows() -> None:
     opted = Observability(tenant_labels=True)
     metrics.request_done(RequestRecord("b", 200, decision, options=opted, group="research"))
     get = metrics.registry.get_sample_value
-    base = {"alias": "auto", "tier": "flash", "rule": "threshold", "status": "2xx", "error": ""}
+    base = {
+        "api": "chat",
+        "alias": "auto",
+        "tier": "flash",
+        "rule": "threshold",
+        "status": "2xx",
+        "error": "",
+    }
     assert get("flashpro_requests_total", {**base, "tenant": ""}) == 1
     assert get("flashpro_requests_total", {**base, "tenant": "research"}) == 1
 

@@ -4,18 +4,21 @@ OpenAI's error format with the right status; nothing is lost; the server keeps s
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from uvicorn.server import ServerState
 
 from router.app import build_deps
-from router.http.server import EdgeLimits
+from router.http.server import BoundedHttpTools, EdgeLimits, FlashproConfig
 from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for
 
@@ -294,3 +297,61 @@ def test_fifty_ten_megabyte_bearers_are_refused_without_holding_memory(port: int
     grown = rss_mb() - before
     assert statuses == [431] * 50
     assert grown < 50, f"RSS grew {grown:.0f} MB"
+
+
+class StalledTransport(asyncio.Transport):
+    """A peer that never reads: records how the server ends the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_client_that_reads_nothing_of_its_answer_is_dropped() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(10)  # a long answer, blocked on the client's reading
+
+    limits = EdgeLimits(write_timeout_s=0.05)
+    config = FlashproConfig(app, edges=limits, log_level="warning")
+    config.load()
+    protocol = BoundedHttpTools(config, ServerState(), {}, asyncio.get_running_loop())
+    stalled, reading = StalledTransport(), StalledTransport()
+    protocol.connection_made(stalled)
+    protocol.pause_writing()  # the transport's buffer is full: the client stopped reading
+    await asyncio.sleep(0.2)
+    assert stalled.aborted
+    other = BoundedHttpTools(config, ServerState(), {}, asyncio.get_running_loop())
+    other.connection_made(reading)
+    other.pause_writing()
+    other.resume_writing()  # it read in time
+    await asyncio.sleep(0.2)
+    assert not reading.aborted
+    for each in (protocol, other):
+        each.connection_lost(None)
+
+
+def test_refusals_on_the_messages_api_use_anthropic_errors(port: int) -> None:
+    big = "x-junk: " + "a" * 40_000
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{big}\r\n\r\n{{}}"
+    reply = exchange(port, head.encode())
+    slow = exchange(port, b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    for answer, status in ((reply, 431), (slow, 408)):
+        ((got, body),) = answer.answers
+        error = orjson.loads(body)
+        assert got == status and error["type"] == "error"
+        assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"]

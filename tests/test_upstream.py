@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -412,11 +413,26 @@ def test_other_providers_go_through_litellm() -> None:
 
 
 def test_transport_setting_picks_the_upstream() -> None:
-    assert isinstance(open_upstream("litellm", ()), LiteLLMUpstream)
-
     async def go() -> None:
-        chosen = open_upstream("direct", ())
-        assert isinstance(chosen, ByProvider)
-        await chosen.aclose()
+        for transport, chat_direct in (("litellm", False), ("direct", True)):
+            chosen = open_upstream(transport, ())
+            assert isinstance(chosen, ByProvider) and isinstance(chosen.other, LiteLLMUpstream)
+            assert chosen.chat_direct is chat_direct
+            await chosen.aclose()
 
     asyncio.run(go())
+
+
+def test_anthropic_format_calls_always_go_direct() -> None:
+    other = Recording()
+
+    async def go() -> None:
+        switch = ByProvider(DirectUpstream(), other, chat_direct=False)
+        chat = UpstreamCall("deepseek/deepseek-v4-pro", [], {}, "enabled", "high", None, None, 1.0)
+        await switch.complete(chat)
+        messages = replace(chat, wire="messages")
+        assert switch._for(messages) is switch.direct
+        await switch.aclose()
+
+    asyncio.run(go())
+    assert other.models == ["deepseek/deepseek-v4-pro"]

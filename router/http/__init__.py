@@ -1,1 +1,2 @@
-"""The HTTP edges: the ASGI app's routes (chat completions, API, monitoring) and hot reload."""
+"""The HTTP edges: the server protocol and its limits, then the ASGI app's routes (chat
+completions, API, monitoring) and hot reload."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from router.errors import (
     FlashproError,
@@ -32,7 +33,7 @@ from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     clip,
-    internal_error_envelope,
+    internal_error,
 )
 from router.http.body import MAX_JSON_DEPTH, loads
 from router.pipeline import (
@@ -119,19 +120,29 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         parts.append(part)
 
 
-def parse_json(body: bytes, model: type[M], max_depth: int = MAX_JSON_DEPTH) -> M:
-    """Validate a JSON body as `model`; every problem becomes a 400 in OpenAI's format (nesting
-    deeper than `max_depth` included), echoing at most a bounded part of the client's input."""
+def first_error(errors: list[ErrorDetails]) -> ErrorDetails:
+    return errors[0]
+
+
+def parse_json(
+    body: bytes,
+    model: type[M],
+    max_depth: int = MAX_JSON_DEPTH,
+    pick: Callable[[list[ErrorDetails]], ErrorDetails] = first_error,
+) -> M:
+    """Validate a JSON body as `model`; every problem becomes a 400 naming the field (the error
+    `pick` chooses among pydantic's; nesting deeper than `max_depth` included), echoing at most
+    a bounded part of the client's input."""
     data = loads(body, max_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = pick(exc.errors(include_url=False))
         param = clip(".".join(str(p) for p in error["loc"])) or None
-        message = f"Invalid value for '{param}': {clip(error['msg'])}"
-        raise InvalidRequest(message, param=param) from None
+        reason = clip(str(error["msg"]).removeprefix("Value error, "))
+        raise InvalidRequest(f"Invalid value for '{param}': {reason}", param=param) from None
 
 
 def parse_chat(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ChatRequest:
@@ -268,27 +279,46 @@ class Exchange:
     deps: Deps
     request_id: str
     routed: Routed | None = None
+    api: str = "chat"  # the front door, for metrics and logs
 
 
-async def serve(exchange: Exchange, send: Send, handle: Awaitable[None]) -> None:
-    """Run an edge's handler; a failure becomes one observation and one OpenAI-format error
-    (the last-resort handler logs and answers a generic 500 without the cause)."""
-    deps, rid = exchange.deps, exchange.request_id
+# How an edge renders an error: (the error, the request id) -> body. OpenAI's envelope unless
+# the edge speaks another format (router/http/messages.py).
+ErrorBody = Callable[[FlashproError, str], dict[str, Any]]
+
+
+def openai_error(error: FlashproError, request_id: str) -> dict[str, Any]:
+    return error.envelope()
+
+
+async def serve(
+    exchange: Exchange,
+    send: Send,
+    handle: Awaitable[None],
+    error_body: ErrorBody = openai_error,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Run an edge's handler; a failure becomes one observation and one error in the edge's
+    format, with `headers` added (the last-resort handler logs and answers a generic 500
+    without the cause)."""
+    deps, rid, api = exchange.deps, exchange.request_id, exchange.api
+    out = {**(headers or {}), "x-flashpro-request-id": rid}
     try:
         await handle
     except ClientGone:
-        observe(deps, exchange.routed, request_id=rid, status=499, error="client_disconnected")
+        observe(
+            deps, exchange.routed, request_id=rid, status=499, error="client_disconnected", api=api
+        )
     except FlashproError as exc:
-        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=exc.code or "error")
+        error = exc.code or "error"
+        observe(deps, exchange.routed, request_id=rid, status=exc.status, error=error, api=api)
         if exc.status >= 500:
             log.warning("request %s failed: %s", rid, exc.message)
-        out = {**exc.headers, "x-flashpro-request-id": rid}
-        await send_json(send, exc.status, exc.envelope(), out)
+        await send_json(send, exc.status, error_body(exc, rid), {**exc.headers, **out})
     except Exception as exc:
         log.exception("request %s: unexpected error", rid, exc_info=exc)
-        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error")
-        out = {"x-flashpro-request-id": rid}
-        await send_json(send, 500, internal_error_envelope(rid), out)
+        observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error", api=api)
+        await send_json(send, 500, error_body(internal_error(rid), rid), out)
 
 
 class ChatEndpoint:

@@ -115,7 +115,8 @@ class ResponsesEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        exchange = Exchange(self.deps_of(), request_id_for(headers.get("x-request-id")))
+        rid = request_id_for(headers.get("x-request-id"))
+        exchange = Exchange(self.deps_of(), rid, api="responses")
         path = scope["path"]
         allowed = "POST" if path == RESPONSES_PATH else "GET"
         if scope["method"] != allowed:
@@ -136,7 +137,7 @@ class ResponsesEndpoint:
         namespace = namespace_for(deps, headers)
         history = await self._history(deps, namespace, request)
         chat = chat_of(self.bridge.to_chat(request, history))
-        routed = exchange.routed = await admit(deps, chat, headers, rid)
+        routed = exchange.routed = await admit(deps, chat, headers, rid, api="responses")
         plan = cache_plan(deps, routed, headers)
         response_id = new_response_id()
         if request.stream:

@@ -11,6 +11,8 @@ before any ASGI work:
 * a head deadline (from the connection's start or a request's first byte to the end of its
   head) and a body deadline (from the end of the head to the end of the body): a request that
   misses one is answered 408 and dropped (slowloris);
+* a write deadline: a client that reads nothing of its answer for `write_timeout_s` while
+  flashpro has more to send (a slow reader) is dropped, and its request sees it gone;
 * a cap on open connections: past it, a new connection gets a 503 and is closed at once;
 * uvicorn's own "Invalid HTTP request" 400 rendered in OpenAI's error format.
 
@@ -38,6 +40,7 @@ from uvicorn.supervisors import Multiprocess
 from router.settings import Settings
 
 Phase = Literal["head", "body"]
+ANTHROPIC_PREFIX = b"/v1/messages"  # refusals there use Anthropic's error envelope
 LINGER_S = 2.0  # after a refusal, how long the client's remaining bytes are read and dropped
 
 
@@ -48,6 +51,7 @@ class EdgeLimits:
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    write_timeout_s: float = 60.0
     max_connections: int = 4096
 
 
@@ -56,6 +60,7 @@ def edge_limits(settings: Settings) -> EdgeLimits:
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
         max_connections=settings.max_connections,
     )
 
@@ -64,10 +69,16 @@ class HeadTooLarge(Exception):
     """Raised inside the parser's callback to stop it at once (httptools re-raises it wrapped)."""
 
 
-def error_response(status: int, reason: str, message: str, code: str) -> bytes:
-    """A whole HTTP/1.1 answer carrying OpenAI's error envelope, closing the connection."""
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+def error_response(status: int, reason: str, message: str, code: str, anthropic: bool) -> bytes:
+    """A whole HTTP/1.1 answer carrying OpenAI's error envelope (Anthropic's for a request to
+    the Messages API), closing the connection."""
+    if anthropic:
+        kind = "overloaded_error" if status == 503 else "invalid_request_error"
+        error: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        error = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = orjson.dumps(error)
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -94,27 +105,49 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.lingering = False  # answered and half-closed: the client's bytes are dropped
         self.refusal: bytes | None = None  # due once the earlier requests are answered
+        self.write_stall: asyncio.TimerHandle | None = None  # armed while writes are paused
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.refuse(
+            self.phase = None  # no lingering here: the connection goes at once
+            self.transport.write(
                 error_response(
                     503,
                     "Service Unavailable",
                     "The server has too many open connections; retry shortly.",
                     "too_many_connections",
+                    anthropic=False,  # nothing read yet
                 )
             )
+            self.transport.close()
             return
         self.phase_ends = self.loop.time() + self.limits.header_timeout_s
         self.deadline = self.loop.call_later(self.limits.header_timeout_s, self.expire)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        for timer in (self.deadline, self.write_stall):
+            if timer is not None:
+                timer.cancel()
+        self.deadline = self.write_stall = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.write_stall is None:
+            self.write_stall = self.loop.call_later(self.limits.write_timeout_s, self.stalled)
+
+    def resume_writing(self) -> None:
+        if self.write_stall is not None:
+            self.write_stall.cancel()
+            self.write_stall = None
+        super().resume_writing()
+
+    def stalled(self) -> None:
+        """The client has read nothing for `write_timeout_s`: drop it at once (`abort`, since
+        `close` would wait for the unread answer to drain)."""
+        self.write_stall = None
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
@@ -180,6 +213,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             "Request Timeout",
             f"The request {what} did not arrive in time.",
             "request_timeout",
+            self.anthropic(),
         )
         self.refuse(b"" if answered else answer)
 
@@ -191,6 +225,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                 "Request Header Fields Too Large",
                 f"The request line and headers are over the {limit}-byte limit.",
                 "request_header_fields_too_large",
+                self.anthropic(),
             )
         )
 
@@ -201,8 +236,13 @@ class BoundedHttpTools(HttpToolsProtocol):
                 "Bad Request",
                 "The request is not valid HTTP/1.1.",
                 "invalid_http_request",
+                self.anthropic(),
             )
         )
+
+    def anthropic(self) -> bool:
+        """Whether the request (as far as its target has arrived) is for the Messages API."""
+        return getattr(self, "url", b"").startswith(ANTHROPIC_PREFIX)
 
     def refuse(self, answer: bytes) -> None:
         """Answer (unless `answer` is empty) and end the connection; a request the app is

@@ -91,26 +91,22 @@ def join(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Merge feedback-only lines into their decisions (a rating counts only when it came with
     the key that made the request); drop decisions nobody rated (they have no label) and
     feedback without a decision. Rows of other formats pass through unchanged."""
-    decisions: dict[str, dict[str, Any]] = {}
-    ratings: dict[tuple[str, str | None], float] = {}  # by request id and the rater's key
-    order: list[str] = []
+    # by request id and the key that made the request (or rated it): two callers who chose
+    # the same x-request-id never see each other's decisions or ratings
+    decisions: dict[tuple[str, str | None], dict[str, Any]] = {}
+    ratings: dict[tuple[str, str | None], float] = {}
     for row in rows:
         if "tier_rank" not in row and not _is_feedback(row):
             yield row  # routing data or a hand-labelled log line
         elif _is_feedback(row):
             ratings[(str(row["id"]), row.get("key"))] = float(row["feedback"]["score"])
         else:
-            key = str(row["id"])
-            if key not in decisions:
-                order.append(key)
-            decisions[key] = row
-    for key in order:
-        row = decisions[key]
+            decisions[(str(row["id"]), row.get("key"))] = row  # first seen keeps its place
+    for owned, row in decisions.items():
         if "label" in row:
             yield row
-        elif (key, row.get("key")) in ratings:  # rated with the key that made the request
-            score = ratings[(key, row.get("key"))]
-            yield {**row, **feedback_fields(int(row["tier_rank"]), score)}
+        elif owned in ratings:
+            yield {**row, **feedback_fields(int(row["tier_rank"]), ratings[owned])}
 
 
 def _is_feedback(row: Mapping[str, Any]) -> bool:
@@ -143,9 +139,10 @@ class DecisionLog:
         self.on_drop = on_drop
         self.dropped = 0  # lines that could not be encoded
         self.lost = 0  # lines in writes that failed
-        self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # by request id and the key that made it (callers may choose the same x-request-id)
+        self._pending: OrderedDict[tuple[str, str | None], dict[str, Any]] = OrderedDict()
         self._feedback: list[dict[str, Any]] = []
-        self._owners: OrderedDict[str, str | None] = OrderedDict()  # request id -> key
+        self._owners: OrderedDict[str, set[str | None]] = OrderedDict()  # id -> its keys
 
     @classmethod
     def from_policy(
@@ -155,10 +152,10 @@ class DecisionLog:
 
     def decision(self, record: RequestRecord) -> None:
         line = decision_line(record, self.include_request)
-        self._pending[record.request_id] = line
+        self._pending[(record.request_id, line["key"])] = line
         if len(self._pending) > _PENDING_MAX:  # flushing fell behind: keep memory bounded
             self._pending.popitem(last=False)
-        self._owners[record.request_id] = line["key"]
+        self._owners.setdefault(record.request_id, set()).add(line["key"])
         if len(self._owners) > _OWNERS_MAX:
             self._owners.popitem(last=False)
 
@@ -167,9 +164,9 @@ class DecisionLog:
         is still buffered, else logged on its own. False (nothing recorded) when a recent
         request of that id was made with another key; `join` checks the key of older ones."""
         owner = owner_of(key)
-        if request_id in self._owners and self._owners[request_id] != owner:
+        if owner not in self._owners.get(request_id, {owner}):
             return False
-        line = self._pending.get(request_id)
+        line = self._pending.get((request_id, owner))
         if line is not None:
             line.update(feedback_fields(int(line["tier_rank"]), score))
         else:

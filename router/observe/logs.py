@@ -24,6 +24,7 @@ def access_line(record: RequestRecord) -> dict[str, Any]:
     line: dict[str, Any] = {
         "event": "request",
         "request_id": record.request_id,
+        "api": record.api,
         "tenant": record.tenant,
         "alias": decision.alias if decision else None,
         "score": round(decision.score, 4) if decision else None,

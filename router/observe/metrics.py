@@ -224,8 +224,9 @@ class Metrics:
         r = self.registry
         self.requests = _Counter(
             "flashpro_requests",
-            "Chat requests by alias, tier, rule and outcome.",
-            ("alias", "tier", "rule", "status", "error", "tenant"),
+            "Requests by front door (api: chat, messages, responses), alias, tier, rule and "
+            "outcome.",
+            ("api", "alias", "tier", "rule", "status", "error", "tenant"),
         )
         self.cache = _Counter(
             "flashpro_cache_requests",
@@ -343,11 +344,11 @@ class Metrics:
         error = record.error or ""
         tenant = (record.group or "") if record.options.tenant_labels else ""
         if decision is None:
-            self.requests.inc(("-", "-", "-", status, error, tenant))
+            self.requests.inc((record.api, "-", "-", "-", status, error, tenant))
             return
         tier = decision.tier
         rule = rule_label(decision.rule)
-        self.requests.inc((decision.alias or "-", tier, rule, status, error, tenant))
+        self.requests.inc((record.api, decision.alias or "-", tier, rule, status, error, tenant))
         by_tier = (tier,)
         if record.cost_usd > 0:  # a stream cut short is charged what it streamed
             self.spend.inc(by_tier, record.cost_usd)

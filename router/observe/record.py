@@ -18,7 +18,7 @@ NO_USAGE = Usage()
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ sets each field via object.__setattr__
 class RequestRecord:
-    """What happened to one chat request, built once when it finished (or failed)."""
+    """What happened to one request, built once when it finished (or failed)."""
 
     request_id: str
     status: int  # the HTTP status the client got
@@ -37,6 +37,7 @@ class RequestRecord:
     stream: bool = False
     tier_rank: int = 0  # the serving tier's place in the policy, cheapest 0
     request: ChatRequest | None = None  # kept for the decision log and opted-in prompt logs
+    api: str = "chat"  # the front door: chat, messages or responses
     at: float = field(default_factory=time.time)
     key: str | None = None  # the sha256 of the caller's key (decision log: who may rate it)
 
@@ -72,12 +73,16 @@ def record_of(
     cost: float = 0.0,
     timing: tuple[float, float | None] | None = None,
     decision: Decision | None = None,
+    api: str | None = None,
 ) -> RequestRecord:
     """The one place a `RequestRecord` is built. `timing` is (upstream call started, first
-    chunk at) on the monotonic clock; `decision` overrides the routed one (cache hits)."""
+    chunk at) on the monotonic clock; `decision` overrides the routed one (cache hits); `api`
+    names the front door of a request that failed before it was routed."""
     now = time.monotonic()
     if routed is None:
-        return RequestRecord(request_id, status, None, policy.observability, error)
+        record = RequestRecord(request_id, status, None, policy.observability, error)
+        record.api = api or "chat"
+        return record
     decision = decision or routed.decision
     started, first_at = timing or (None, None)
     caller = routed.caller
@@ -101,4 +106,5 @@ def record_of(
         tier_rank=tiers.index(decision.tier) if decision.tier in tiers else 0,
         request=routed.request,
         key=caller.key,
+        api=routed.api,
     )

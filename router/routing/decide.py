@@ -29,12 +29,16 @@ def resolve_thresholds(
 
 
 def target_of(policy: Policy, model: str) -> tuple[str | None, str | None]:
-    """(alias, None) for a routed model name, (None, tier) for a pinned one; else 404."""
+    """(alias, None) for a routed model name (an alias, or a name a `model_patterns` entry
+    matches), (None, tier) for a pinned one; else 404."""
     if model in policy.aliases:
         return model, None
     tier = policy.tier_for_model(model)
     if tier is not None:
         return None, tier
+    alias = policy.alias_for_pattern(model)
+    if alias is not None:
+        return alias, None
     names = ", ".join([*policy.aliases, *policy.tiers])
     raise ModelNotFound(
         f"The model '{clip(model)}' does not exist on this router. Use one of: {names}.",

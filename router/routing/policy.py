@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +92,11 @@ class Tier(_Strict):
     api_base: str | None = Field(
         default=None, description="Upstream base URL; defaults to DEEPSEEK_API_BASE."
     )
+    api_base_anthropic: str | None = Field(
+        default=None,
+        description="Anthropic-format base URL that /v1/messages calls go to; defaults to "
+        "DEEPSEEK_ANTHROPIC_API_BASE, else https://api.deepseek.com/anthropic.",
+    )
     api_key_env: str = Field(
         default="DEEPSEEK_API_KEY", description="Name of the env var holding the upstream key."
     )
@@ -167,6 +173,16 @@ class Rule(_Strict):
     description: str = Field(default="", description="Why the rule exists.")
     when: Condition
     then: Action
+
+
+class ModelPattern(_Strict):
+    """Model names routed by pattern: the names agents send (`claude-*`) that no alias lists."""
+
+    match: str = Field(
+        min_length=1,
+        description="A model-name pattern: `*` matches any run of characters, e.g. claude-*opus*.",
+    )
+    alias: str = Field(description="The alias that routes the names it matches.")
 
 
 class Alias(_Strict):
@@ -289,6 +305,11 @@ class Policy(Limits):
     tiers: dict[str, Tier] = Field(min_length=1, description="Tiers, cheapest first.")
     aliases: dict[str, Alias] = Field(min_length=1, description="Model names that are routed.")
     rules: list[Rule] = Field(default_factory=list, description="Ordered; first match wins.")
+    model_patterns: list[ModelPattern] = Field(
+        default_factory=list,
+        description="Model names routed by pattern, first match wins, after the aliases and "
+        "the tiers' names and model ids (which pin).",
+    )
     cache: CachePolicy = Field(default_factory=CachePolicy, description="The response cache.")
     observability: Observability = Field(
         default_factory=Observability, description="Metrics labels, logs and the decision log."
@@ -314,6 +335,13 @@ class Policy(Limits):
         for name, tier in self.tiers.items():
             if model in tier.deprecated_ids:
                 return name
+        return None
+
+    def alias_for_pattern(self, model: str) -> str | None:
+        """The alias of the first `model_patterns` entry that matches the name."""
+        for pattern in self.model_patterns:
+            if fnmatchcase(model, pattern.match):
+                return pattern.alias
         return None
 
     def prices_at(self, tier: str, now: datetime) -> Prices:
@@ -347,6 +375,13 @@ def _cross_reference_problems(policy: Policy) -> list[str]:
         if values != sorted(values, reverse=not ascending):
             order = "ascend" if ascending else "descend"
             problems.append(f"aliases.{name}.{field}: values must {order} with the tier order")
+    for i, pattern in enumerate(policy.model_patterns):
+        if pattern.alias not in policy.aliases:
+            known_aliases = ", ".join(policy.aliases)
+            problems.append(
+                f"model_patterns[{i}].alias: unknown alias '{pattern.alias}' "
+                f"(aliases: {known_aliases})"
+            )
     seen: set[str] = set()
     for i, rule in enumerate(policy.rules):
         if rule.name in seen:

@@ -16,6 +16,7 @@ from router.routing.decide import resolve_thresholds
 from router.routing.decision import Decision, Thresholds
 from router.routing.policy import Policy
 from router.schemas import ChatRequest
+from router.schemas_anthropic import MessagesRequest
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ def upstream_identity(api_base: str | None, api_key: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """A request with its routing decision (and the routing that made it, kept for the call)."""
+    """A request with its routing decision (and the routing that made it, kept for the call).
+
+    `request` is what routing reads; a front door whose body is relayed in another format
+    (the Messages door) keeps that body beside it, and the pipeline sends it instead."""
 
     request: ChatRequest
     assessment: Assessment
@@ -84,6 +88,8 @@ class Routed:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     request_id: str = ""
     admitted_at: float = field(default_factory=time.monotonic)
+    api: str = "chat"  # the front door: chat, messages or responses (metrics and logs)
+    anthropic: MessagesRequest | None = None  # a Messages body, relayed in Anthropic format
     hold: Hold | None = None  # the expected cost reserved against the caller's budgets
 
 

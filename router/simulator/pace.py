@@ -54,8 +54,10 @@ async def stream(
     queue: Queue,
     receive: Receive,
     send: Send,
+    last: bytes = b"data: [DONE]\n\n",
 ) -> None:
-    """Send SSE events at the model's pace; stop early if the client goes away."""
+    """Send SSE events at the model's pace, then `last` (chat streams end with `[DONE]`,
+    Anthropic ones with their own `message_stop` event); stop early if the client goes away."""
     disconnect_after = fault.disconnect_after
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -76,7 +78,7 @@ async def stream(
                     return  # returning mid-body makes uvicorn drop the connection
                 await asyncio.sleep(deadline - loop.time())
             due.append(event)
-        due.append(b"data: [DONE]\n\n")
+        due.append(last)
         await send({"type": "http.response.body", "body": b"".join(due)})
     finally:
         client_gone.cancel()
@@ -106,7 +108,9 @@ async def send_body(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: SimError) -> None:
+async def send_error(send: Send, error: SimError, envelope: object = None) -> None:
+    """The error in the OpenAI envelope, or the `envelope` given (the Anthropic one)."""
     retry = error.retry_after_s
     headers = [] if retry is None else [(b"retry-after", f"{retry:g}".encode())]
-    await send_body(send, error.status, orjson.dumps(error.envelope()), headers)
+    body = orjson.dumps(envelope if envelope is not None else error.envelope())
+    await send_body(send, error.status, body, headers)

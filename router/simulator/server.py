@@ -2,6 +2,8 @@
 
 The answers come from `router/simulator/text.py`; this module adds what a real server has around
 them: routes, auth, latency, streaming, DeepSeek's prefix cache, a request log and fault injection.
+It speaks both of DeepSeek's formats: OpenAI chat completions, and Anthropic messages under
+`/anthropic` (`router/simulator/anthropic.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
@@ -21,6 +23,15 @@ import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from router.simulator.anthropic import (
+    MESSAGES_PATHS,
+    THINKING_NOT_PASSED_BACK,
+    error_envelope,
+    message_events,
+    message_json,
+    parse_messages_request,
+)
+from router.simulator.anthropic import usage_json as message_usage_json
 from router.simulator.faults import FaultSpec, SimError, parse_fault
 from router.simulator.kvcache import PrefixCache
 from router.simulator.pace import (
@@ -34,6 +45,7 @@ from router.simulator.pace import (
 )
 from router.simulator.text import (
     ChatRequest,
+    Choice,
     check_context,
     check_images,
     check_reasoning_passed_back,
@@ -115,6 +127,43 @@ class _QueuedFault:
     remaining: int
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A request's answers, and how (and how fast) they go out."""
+
+    choices: tuple[Choice, ...]
+    prompt_tokens: int
+    hit: int  # prompt tokens found in the prefix cache
+    fault: FaultSpec
+    queue: Queue
+    ttft_s: float
+    per_token_s: float
+    chunk_tokens: int  # tokens per stream event
+
+    async def stream(
+        self,
+        events: Iterator[tuple[bytes, int]],
+        receive: Receive,
+        send: Send,
+        last: bytes = b"data: [DONE]\n\n",
+    ) -> None:
+        paced = with_empty(events, self.fault.empty_events or 0)
+        await stream(
+            paced, self.ttft_s, self.per_token_s, self.fault, self.queue, receive, send, last
+        )
+
+    async def send(self, body: bytes, send: Send) -> None:
+        """A whole answer, after the keep-alive lines of a queued request."""
+        if self.queue.ms:
+            await send_queued(send, self.queue)
+        longest = max(c.completion_tokens() for c in self.choices)
+        await asyncio.sleep(self.ttft_s + longest * self.per_token_s)
+        if self.queue.ms:  # the head and the blank lines are out: the body follows them
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send_body(send, 200, body, drop=self.fault.disconnect_after is not None)
+
+
 class SimulatorApp:
     """The ASGI application. Build it with `create_simulator_app`."""
 
@@ -147,31 +196,36 @@ class SimulatorApp:
         if path.startswith("/_sim/"):
             await self._control(method, path, raw, send)
             return
-        if path not in _CHAT_PATHS and path not in _MODEL_PATHS:
+        anthropic = path in MESSAGES_PATHS
+        if path not in _CHAT_PATHS and path not in _MODEL_PATHS and not anthropic:
             await send_error(send, SimError(404, f"Not Found: {path}"))
             return
         headers = _headers(scope)
         body = _json_object(raw)
         with self._lock:
             self._recorded.append(RecordedRequest(method, path, headers, body))
-        expected = "POST" if path in _CHAT_PATHS else "GET"
+        expected = "GET" if path in _MODEL_PATHS else "POST"
         try:
             self._check_auth(headers)
             if method != expected:
                 raise SimError(405, "Method Not Allowed")
             if path in _MODEL_PATHS:
                 await send_json(send, 200, self._models())
-                return
-            await self._chat(raw, body, receive, send)
+            elif anthropic:
+                await self._messages(body, receive, send)
+            else:
+                await self._chat(raw, body, receive, send)
         except SimError as error:
             self._count(body.get("model") if body else None, str(error.status))
-            await send_error(send, error)
+            await send_error(send, error, error_envelope(error) if anthropic else None)
 
     def _check_auth(self, headers: Mapping[str, str]) -> None:
         key = self.config.api_key
         if key is None:
             return
         given = headers.get("authorization", "")
+        if "x-api-key" in headers and not given:  # the Anthropic format's header
+            given = f"Bearer {headers['x-api-key']}"
         if not given.startswith("Bearer "):
             raise SimError(401, "Authentication Fails, no api key provided")
         if given[len("Bearer ") :] != key:
@@ -187,6 +241,36 @@ class SimulatorApp:
         if body is None:
             raise SimError(400 if raw else 422, "Failed to parse the request body as JSON")
         request = parse_chat_request(body)
+        answer = await self._answer(request, lambda: check_reasoning_passed_back(request.messages))
+        choices = answer.choices
+        usage = usage_json(answer.prompt_tokens, answer.hit, choices)
+        if request.stream:
+            events = stream_events(request, choices, usage, answer.chunk_tokens)
+            await answer.stream(events, receive, send)
+            return
+        await answer.send(completion_json(request, choices, usage), send)
+
+    async def _messages(self, body: dict[str, Any] | None, receive: Receive, send: Send) -> None:
+        """The Anthropic format: the chat model's answer as a message or its stream events."""
+        call = parse_messages_request(body, tuple(self.config.profiles))
+        request = call.request
+
+        def check() -> None:
+            if call.thinking_blocks_missing:
+                raise SimError(400, THINKING_NOT_PASSED_BACK)
+
+        answer = await self._answer(request, check)
+        (choice,) = answer.choices
+        usage = message_usage_json(answer.prompt_tokens, answer.hit, choice)
+        if request.stream:
+            events = message_events(request.model, choice, usage, answer.chunk_tokens)
+            await answer.stream(events, receive, send, last=b"")
+            return
+        await answer.send(message_json(request.model, choice, usage), send)
+
+    async def _answer(self, request: ChatRequest, thinking_check: Callable[[], None]) -> _Answer:
+        """What both formats share: the model, faults, DeepSeek's checks (`thinking_check` runs
+        when thinking is on), the answers, the prefix cache and the pace."""
         profile = self.config.profiles.get(request.model)
         if profile is None:
             raise SimError(400, "Model Not Exist")
@@ -198,7 +282,7 @@ class SimulatorApp:
             raise error
         thinking = profile.thinking_by_default if request.thinking is None else request.thinking
         if thinking:
-            check_reasoning_passed_back(request.messages)
+            thinking_check()
         prefixes = request.prefixes()
         prompt_tokens = prefixes[-1][1]
         check_context(request, prompt_tokens, profile.max_context_tokens)
@@ -206,26 +290,18 @@ class SimulatorApp:
             request, thinking=thinking, max_output_tokens=self.config.max_output_tokens
         )
         hit = self._prefixes.lookup(prefixes, output_digest(prefixes[-1][0], choices[0]))
-        usage = usage_json(prompt_tokens, hit, choices)
         scale = self.config.speed * (fault.slow or 1.0)
-        ttft_s, per_token_s = profile.ttft_ms / 1000 * scale, scale / profile.tokens_per_s
         self._count(request.model, "200" if fault.disconnect_after is None else "disconnect")
-        queue = Queue(fault.queue_ms or 0.0, self.config.keepalive_interval_s)
-        if request.stream:
-            chunk_tokens = max(1, round(profile.tokens_per_s * _CHUNK_SECONDS))
-            events = with_empty(
-                stream_events(request, choices, usage, chunk_tokens), fault.empty_events or 0
-            )
-            await stream(events, ttft_s, per_token_s, fault, queue, receive, send)
-            return
-        if queue.ms:
-            await send_queued(send, queue)
-        await asyncio.sleep(ttft_s + max(c.completion_tokens() for c in choices) * per_token_s)
-        body_bytes = completion_json(request, choices, usage)
-        if queue.ms:  # the head and the blank lines are out: the body follows them
-            await send({"type": "http.response.body", "body": body_bytes})
-            return
-        await send_body(send, 200, body_bytes, drop=fault.disconnect_after is not None)
+        return _Answer(
+            choices,
+            prompt_tokens,
+            hit,
+            fault,
+            Queue(fault.queue_ms or 0.0, self.config.keepalive_interval_s),
+            ttft_s=profile.ttft_ms / 1000 * scale,
+            per_token_s=scale / profile.tokens_per_s,
+            chunk_tokens=max(1, round(profile.tokens_per_s * _CHUNK_SECONDS)),
+        )
 
     def _fault(self, request: ChatRequest) -> FaultSpec:
         """Markers win over a queued fault; the random fault_rate applies only if no status is set."""

@@ -151,9 +151,12 @@ def plan_for(
     tier: str,
     headers: Mapping[str, str],
     upstreams: Mapping[str, str] | None = None,
+    digest: bytes | None = None,
 ) -> CachePlan:
     """The cache plan for a request routed to `tier`; `headers` have lower-case names;
-    `upstreams` maps each tier to its upstream identity (router/routing/routed.py)."""
+    `upstreams` maps each tier to its upstream identity (router/routing/routed.py). `digest` is
+    the request's own in another wire format (the Messages door's): keys are canonical per
+    format, so an answer in one format never serves a request in another."""
     rules = policy.cache
     if not rules.enabled or not repeatable(request, rules):
         return BYPASS
@@ -165,9 +168,9 @@ def plan_for(
     def keys_of(request: ChatRequest) -> tuple[str, ...]:
         names = list(policy.tiers)
         servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
-        digest = request_digest(request)
+        canonical = digest or request_digest(request)
         return tuple(
-            cache_key(namespace, digest, name, policy.tiers[name], ids.get(name, ""))
+            cache_key(namespace, canonical, name, policy.tiers[name], ids.get(name, ""))
             for name in servers
         )
 

@@ -9,7 +9,8 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from router.errors import InvalidRequest
@@ -194,6 +195,18 @@ class Controls:
             routed = replace(routed, decision=decision)  # decide raised if the budget rejects
             held = await self.hold(policy, caller, cost(decision), check=False)
         return replace(routed, hold=held) if isinstance(held, Hold) else routed
+
+    @asynccontextmanager
+    async def holding(self, hold: Hold | None, keep: bool = False) -> AsyncIterator[None]:
+        """Give `hold` back if the block fails, or when it ends without charging it (unless
+        `keep`: a stream that opened is charged when it ends)."""
+        try:
+            yield
+        except BaseException:
+            await self.release(hold)
+            raise
+        if not keep:
+            await self.release(hold)
 
     async def release(self, hold: Hold | None) -> None:
         """Give back the hold of a request that was not charged (failed, or a cache hit)."""

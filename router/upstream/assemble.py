@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.routing.cost import Usage
+
 
 class StreamAssembler:
     """Accumulates OpenAI stream chunks (reasoning, content, tool calls) into one answer."""
@@ -50,6 +52,10 @@ class StreamAssembler:
         return bool(self._choices) and all(
             state["finish_reason"] for state in self._choices.values()
         )
+
+    def reported_usage(self) -> Usage | None:
+        """The usage the upstream reported for the whole answer, if it did."""
+        return Usage.from_wire(self.usage) if self.usage else None
 
     def produced_chars(self) -> tuple[int, int]:
         """(characters streamed so far, of which reasoning): what a cut stream produced."""

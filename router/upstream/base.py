@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # No machine of ours needs litellm's remote price map; without this it retries a download.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -46,6 +46,8 @@ class UpstreamCall:
     api_base: str | None
     api_key: str | None
     timeout_s: float
+    # the wire format: OpenAI chat completions, or Anthropic messages (router/upstream/messages.py)
+    wire: Literal["chat", "messages"] = "chat"
 
     @classmethod
     def to_tier(

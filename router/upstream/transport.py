@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -33,6 +33,15 @@ from router.upstream.base import (
     transport_failure,
 )
 from router.upstream.connections import Origin, Pool, Proxy, Response, Target
+from router.upstream.messages import (
+    DEFAULT_ANTHROPIC_API_BASE,
+    MESSAGES_PATH,
+    event_usage,
+    messages_body,
+    parse_event,
+    parse_message,
+    usage_of,
+)
 
 Transport = Literal["direct", "litellm"]
 
@@ -189,7 +198,7 @@ class DirectUpstream:
     _pool: Pool | None = field(default=None, init=False, repr=False)
     # per base URL: the prepared target (proxy settings are read once, see `_target`)
     _targets: dict[str, Target] = field(default_factory=dict, init=False, repr=False)
-    _fields: dict[tuple[str | None, bool], bytes] = field(
+    _fields: dict[tuple[str | None, bool, str], bytes] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -199,10 +208,23 @@ class DirectUpstream:
         return self._pool
 
     async def _post(self, call: UpstreamCall, *, stream: bool) -> Response:
-        body = orjson.dumps(request_body(call, stream=stream))
+        if call.wire == "messages":  # Anthropic format, to the tier's Anthropic base URL
+            shaped = messages_body(
+                call.model,
+                call.messages,
+                call.params,
+                call.thinking,
+                call.reasoning_effort,
+                stream=stream,
+            )
+            base, path = call.api_base or DEFAULT_ANTHROPIC_API_BASE, MESSAGES_PATH
+        else:
+            shaped = request_body(call, stream=stream)
+            base, path = call.api_base or self.default_api_base, "/chat/completions"
+        body = orjson.dumps(shaped)
         try:
-            to = self._target(call.api_base or self.default_api_base)
-            fields = self._header_fields(call.api_key, stream)
+            to = self._target(base, path)
+            fields = self._header_fields(call.api_key, stream, call.wire)
         except ValueError as exc:
             raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
         try:
@@ -210,10 +232,10 @@ class DirectUpstream:
         except _FAILURES as exc:
             raise _failure(exc) from exc
 
-    def _target(self, base: str) -> Target:
+    def _target(self, base: str, path: str) -> Target:
         """The base URL's target, with HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base URL
         (reading them per request cost 4% of a request's CPU)."""
-        prepared = self._targets.get(base)
+        prepared = self._targets.get(base + path)
         if prepared is None:
             base = base.rstrip("/")
             scheme, _, rest = base.partition("://")
@@ -221,23 +243,29 @@ class DirectUpstream:
             proxy = getproxies().get(scheme.lower())
             if proxy is not None and proxy_bypass(host):
                 proxy = None
-            prepared = self._targets[base] = target(base + "/chat/completions", proxy)
+            prepared = self._targets[base + path] = target(base + path, proxy)
         return prepared
 
-    def _header_fields(self, api_key: str | None, stream: bool) -> bytes:
-        fields = self._fields.get((api_key, stream))
+    def _header_fields(self, api_key: str | None, stream: bool, wire: str = "chat") -> bytes:
+        fields = self._fields.get((api_key, stream, wire))
         if fields is None:
             accept = "text/event-stream" if stream else "application/json"
+            # DeepSeek's Anthropic API reads the key from x-api-key, as Anthropic's does
+            key = b""
+            if api_key and wire == "messages":
+                key = header_line("x-api-key", api_key)
+            elif api_key:
+                key = header_line("authorization", f"Bearer {api_key}")
             fields = b"".join(
                 (
                     header_line("content-type", "application/json"),
                     header_line("accept", accept),
                     header_line("accept-encoding", "identity"),
                     header_line("user-agent", "flashpro"),
-                    header_line("authorization", f"Bearer {api_key}") if api_key else b"",
+                    key,
                 )
             )
-            self._fields[(api_key, stream)] = fields
+            self._fields[(api_key, stream, wire)] = fields
         return fields
 
     async def complete(self, call: UpstreamCall) -> Completion:
@@ -245,6 +273,9 @@ class DirectUpstream:
         raw = await _read(response)
         if response.status >= 400:
             raise self._rejection(response, raw)
+        if call.wire == "messages":
+            message = parse_message(raw)
+            return Completion(body=message, usage=usage_of(message.get("usage")))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -257,7 +288,7 @@ class DirectUpstream:
         response = await self._post(call, stream=True)
         if response.status >= 400:
             raise self._rejection(response, await _read(response))
-        return _events(response)
+        return _events(response, _message_event if call.wire == "messages" else _chat_event)
 
     def _rejection(self, response: Response, raw: bytes) -> FlashproError:
         message = scrub(_error_message(raw), self.secrets)
@@ -283,8 +314,25 @@ async def _read(response: Response) -> bytes:
         raise _failure(exc) from exc
 
 
-async def _events(response: Response) -> AsyncIterator[Chunk]:
-    """Parse server-sent events into chunks until `[DONE]`; a drop raises UpstreamError."""
+def _chat_event(payload: bytes) -> tuple[Chunk | None, bool]:
+    """(the chunk, whether the stream is done): chat streams end with `[DONE]`."""
+    if payload == b"[DONE]":
+        return None, True
+    return _chunk(payload), False
+
+
+def _message_event(payload: bytes) -> tuple[Chunk | None, bool]:
+    """Anthropic streams end with the `message_stop` event itself."""
+    data = parse_event(payload)
+    return Chunk(data, event_usage(data)), data["type"] == "message_stop"
+
+
+async def _events(
+    response: Response, read: Callable[[bytes], tuple[Chunk | None, bool]]
+) -> AsyncIterator[Chunk]:
+    """Parse server-sent events into chunks until the format's last one (`read` says which);
+    `event:` lines are not needed (Anthropic's data carry their type); a drop raises
+    UpstreamError."""
     buffer = b""
     done = False
     try:
@@ -296,11 +344,11 @@ async def _events(response: Response) -> AsyncIterator[Chunk]:
             for line in lines:
                 if not line.startswith(b"data:"):
                     continue  # blank separators and `: keep-alive` comments
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
+                chunk, done = read(line[5:].strip())
+                if chunk is not None:
+                    yield chunk
+                if done:
                     break
-                yield _chunk(payload)
     except _FAILURES as exc:
         raise _failure(exc) from exc
     finally:
@@ -330,13 +378,20 @@ def _error_message(raw: bytes) -> str:
 
 @dataclass
 class ByProvider:
-    """`deepseek/` model ids go to the direct transport; every other provider to litellm."""
+    """`deepseek/` model ids go to the direct transport (unless `chat_direct` is off); every
+    other provider to litellm. Anthropic-format calls always go direct: litellm has no relay
+    that keeps DeepSeek's thinking blocks as they are."""
 
     direct: DirectUpstream
     other: Upstream
+    chat_direct: bool = True
 
     def _for(self, call: UpstreamCall) -> Upstream:
-        return self.direct if call.model.startswith(PROVIDER_PREFIX) else self.other
+        if call.wire == "messages":
+            return self.direct
+        if self.chat_direct and call.model.startswith(PROVIDER_PREFIX):
+            return self.direct
+        return self.other
 
     async def complete(self, call: UpstreamCall) -> Completion:
         return await self._for(call).complete(call)
@@ -351,6 +406,5 @@ class ByProvider:
 def open_upstream(transport: Transport, secrets: tuple[str, ...]) -> Upstream:
     """The production upstream for the configured transport."""
     litellm_upstream = LiteLLMUpstream(secrets=secrets)
-    if transport == "litellm":
-        return litellm_upstream
-    return ByProvider(DirectUpstream(secrets=secrets), litellm_upstream)
+    direct = DirectUpstream(secrets=secrets)
+    return ByProvider(direct, litellm_upstream, chat_direct=transport == "direct")
