@@ -70,6 +70,7 @@ PLAIN = {
 CACHEABLE = body(model="flash", messages=QUESTION, temperature=0)
 # the same question through the Responses front door (translated to the same chat request)
 RESPONSES = body(model="flash", input=f"Question {VARY}: what is the capital of France?")
+RESPONSES_STREAM = body(model="pro-max", input=PROOF[0]["content"], stream=True)
 # The Anthropic Messages door, and the same call straight to the simulator's Anthropic API
 MESSAGES = {
     "direct": body(
@@ -446,7 +447,11 @@ def stream_part(n: int, binary: Path | None, workdir: Path) -> dict[str, Any]:
         for name, transport in (("flashpro", "direct"), ("flashpro litellm transport", "litellm")):
             with flashpro(upstream, FLASHPRO_TRANSPORT=transport) as (url, pid):
                 out[name] = streams(url + "/v1/chat/completions", n, STREAM["flashpro"], pid)
-            print(f"  measured streams: {name}", flush=True)
+                print(f"  measured streams: {name}", flush=True)
+                if transport == "direct":
+                    responses = streams(url + "/v1/responses", n, RESPONSES_STREAM, pid)
+                    out["flashpro /v1/responses"] = responses
+                    print("  measured streams: flashpro /v1/responses", flush=True)
         if binary is not None:
             with litellm_proxy(binary, upstream, workdir) as (url, pid):
                 out["LiteLLM proxy"] = streams(
