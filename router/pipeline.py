@@ -179,7 +179,7 @@ def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CacheP
     and whether to store its answer."""
     routing = _routing(deps, routed)
     upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
-    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    digest = routed.anthropic.digest if routed.anthropic is not None else None
     tier = routed.decision.tier
     return plan_for(routing.policy, routed.request, tier, headers, upstreams, digest)
 

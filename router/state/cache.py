@@ -151,10 +151,10 @@ def plan_for(
     tier: str,
     headers: Mapping[str, str],
     upstreams: Mapping[str, str] | None = None,
-    digest: bytes | None = None,
+    digest: Callable[[], bytes] | None = None,
 ) -> CachePlan:
     """The cache plan for a request routed to `tier`; `headers` have lower-case names;
-    `upstreams` maps each tier to its upstream identity (router/routing/routed.py). `digest` is
+    `upstreams` maps each tier to its upstream identity (router/routing/routed.py). `digest` gives
     the request's own in another wire format (the Messages door's): keys are canonical per
     format, so an answer in one format never serves a request in another."""
     rules = policy.cache
@@ -168,7 +168,7 @@ def plan_for(
     def keys_of(request: ChatRequest) -> tuple[str, ...]:
         names = list(policy.tiers)
         servers = names[names.index(tier) :] if rules.serve_from_stronger_tiers else [tier]
-        canonical = digest or request_digest(request)
+        canonical = digest() if digest is not None else request_digest(request)
         return tuple(
             cache_key(namespace, canonical, name, policy.tiers[name], ids.get(name, ""))
             for name in servers
