@@ -165,7 +165,10 @@ class ChatRequest(BaseModel):
         return fmt is not None and fmt.get("type") in ("json_object", "json_schema")
 
     def output_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        """The output cap DeepSeek applies: the smaller of `max_tokens` and
+        `max_completion_tokens` (sent as `max_tokens`, router/upstream/shaping.py)."""
+        given = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
+        return min(given) if given else None
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage

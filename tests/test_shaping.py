@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from router.errors import InvalidRequest
+from router.schemas import ChatRequest
 from router.upstream.base import UpstreamCall
 from router.upstream.shaping import (
     JSON_LINE,
@@ -152,3 +153,26 @@ def test_other_providers_are_not_shaped() -> None:
     messages = [{"role": "developer", "content": "x"}, {"role": "user", "content": [IMAGE]}]
     original = call(messages, {"max_completion_tokens": 5}, model="openai/gpt-4o")
     assert shape(original, tier="t", vision=False, user_id="u") is original
+
+
+def test_the_output_limit_estimates_use_is_the_cap_deepseek_applies() -> None:
+    def limit(**caps: int) -> int | None:
+        return ChatRequest.model_validate(
+            {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **caps}
+        ).output_limit()
+
+    assert limit() is None
+    assert limit(max_tokens=80, max_completion_tokens=50) == 50
+    assert limit(max_tokens=30, max_completion_tokens=50) == 30
+    assert limit(max_completion_tokens=50) == 50
+
+
+def test_images_outside_user_turns_are_refused_not_flattened() -> None:
+    messages = [
+        {"role": "user", "content": "Describe it."},
+        {"role": "assistant", "content": [{"type": "text", "text": "Here:"}, IMAGE]},
+        {"role": "user", "content": "And now?"},
+    ]
+    with pytest.raises(InvalidRequest) as caught:
+        shaped(messages, vision=True)
+    assert caught.value.param == "messages[1].content"
