@@ -71,6 +71,16 @@ CACHEABLE = body(model="flash", messages=QUESTION, temperature=0)
 # the same question through the Responses front door (translated to the same chat request)
 RESPONSES = body(model="flash", input=f"Question {VARY}: what is the capital of France?")
 RESPONSES_STREAM = body(model="pro-max", input=PROOF[0]["content"], stream=True)
+# The Anthropic Messages door, and the same call straight to the simulator's Anthropic API
+MESSAGES = {
+    "direct": body(
+        model="deepseek-v4-flash",
+        max_tokens=400,
+        messages=NUMBERED,
+        thinking={"type": "disabled"},
+    ),
+    "flashpro": body(model="flash", max_tokens=400, messages=NUMBERED),
+}
 STREAM = {
     "direct": body(
         model="deepseek-v4-pro",
@@ -121,6 +131,7 @@ def flashpro(upstream: str, workers: int = 1, **env: str) -> Iterator[tuple[str,
     settings = {
         **ENV,
         "DEEPSEEK_API_BASE": upstream,
+        "DEEPSEEK_ANTHROPIC_API_BASE": upstream + "/anthropic",
         "DEEPSEEK_API_KEY": KEY,
         "FLASHPRO_POLICY_POLL_SECONDS": "0",
         **env,
@@ -385,6 +396,8 @@ def main() -> int:
             upstream = f"http://127.0.0.1:{sim_port}"
             chat = "/chat/completions"
             measure("upstream alone", upstream + chat, PLAIN["direct"], None, KEY)
+            anthropic = upstream + "/anthropic/v1/messages"
+            measure("upstream alone /v1/messages", anthropic, MESSAGES["direct"], None, KEY)
             for name, transport, workers in (
                 ("flashpro direct transport", "direct", 1),
                 ("flashpro litellm transport", "litellm", 1),
@@ -394,6 +407,8 @@ def main() -> int:
                     measure(name, url + "/v1/chat/completions", PLAIN["flashpro"], pid)
                     if workers == 1 and transport == "direct":
                         measure("flashpro /v1/responses", url + "/v1/responses", RESPONSES, pid)
+                        messages = url + "/v1/messages"
+                        measure("flashpro /v1/messages", messages, MESSAGES["flashpro"], pid)
                         check_cache_hit(url)
                         hit = wrk(
                             url + "/v1/chat/completions", CACHEABLE, 8, seconds, bench_auth, pid
@@ -465,9 +480,11 @@ def report(results: dict[str, Any]) -> None:
             if key not in row:
                 continue
             load = row[key]
+            # each proxied row against the upstream alone in its own format
+            alone = rows.get("upstream alone /v1/messages", {}) if "/v1/messages" in name else base
             added = (
-                load["p50_ms"] - base[key]["p50_ms"]
-                if key in base and name != "upstream alone"
+                load["p50_ms"] - alone[key]["p50_ms"]
+                if key in alone and not name.startswith("upstream alone")
                 else None
             )
             cpu = f"{load['cpu_pct']:.0f}" if load.get("cpu_pct") is not None else "-"
@@ -478,14 +495,25 @@ def report(results: dict[str, Any]) -> None:
             )
     proxy = rows.get("LiteLLM proxy")
     ours = rows.get("flashpro direct transport")
-    responses = rows.get("flashpro /v1/responses")
-    if responses and ours:
+    for door in ("/v1/responses", "/v1/messages"):
+        other = rows.get(f"flashpro {door}")
+        if not (other and ours):
+            continue
         for key in ("c8", "c64"):
-            added = responses[key]["p50_ms"] - ours[key]["p50_ms"]
-            ratio = responses[key]["requests_s"] / ours[key]["requests_s"]
+            added = other[key]["p50_ms"] - ours[key]["p50_ms"]
+            ratio = other[key]["requests_s"] / ours[key]["requests_s"]
             print(
-                f"/v1/responses vs chat completions at {key[1:]} connections: {added:+.2f} ms "
+                f"{door} vs chat completions at {key[1:]} connections: {added:+.2f} ms "
                 f"p50, {ratio:.2f}x the throughput"
+            )
+    messages, alone = rows.get("flashpro /v1/messages"), rows.get("upstream alone /v1/messages")
+    if messages and alone and ours:
+        for key in ("c8", "c64"):
+            added = messages[key]["p50_ms"] - alone[key]["p50_ms"]
+            chat_added = ours[key]["p50_ms"] - base[key]["p50_ms"]
+            print(
+                f"/v1/messages adds {added:.2f} ms p50 over its upstream at {key[1:]} connections "
+                f"(chat completions: {chat_added:.2f} ms)"
             )
     if proxy and ours:
         for key in ("c8", "c64"):

@@ -145,6 +145,7 @@ async def admit(
     routed = route(deps, request, headers, state, routing, caller, request_id)
     if api != "chat" or anthropic is not None:
         routed = replace(routed, api=api, anthropic=anthropic)
+    routed = await deps.controls.reserve(routed, state)  # its expected cost, until charged
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 
@@ -178,7 +179,7 @@ def cache_plan(deps: Deps, routed: Routed, headers: Mapping[str, str]) -> CacheP
     and whether to store its answer."""
     routing = _routing(deps, routed)
     upstreams = {t: routing.identity(t, deps.api_base) for t in routing.policy.tiers}
-    digest = routed.anthropic.digest() if routed.anthropic is not None else None
+    digest = routed.anthropic.digest if routed.anthropic is not None else None
     tier = routed.decision.tier
     return plan_for(routing.policy, routed.request, tier, headers, upstreams, digest)
 
@@ -268,7 +269,7 @@ async def _charge(
     latency unless `total_ms` is None (an answer cut short)."""
     policy = _routing(deps, routed).policy
     await deps.controls.answered(
-        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms
+        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms, routed.hold
     )
     tokens = usage.prompt_tokens + usage.completion_tokens
     await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
@@ -286,14 +287,15 @@ async def complete(
     deps: Deps, routed: Routed, plan: CachePlan = BYPASS, gone: Gone = _client_left
 ) -> Answer:
     """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
-    if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        return _cached(deps, routed, entry)
-    if not plan.coalesce:
-        return await _call(deps, routed, plan, gone)
-    async with deps.cache.turn(plan) as entry:
-        if entry is not None:
+    async with deps.controls.holding(routed.hold):  # settled by the charge, else given back
+        if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
             return _cached(deps, routed, entry)
-        return await _call(deps, routed, plan, gone)
+        if not plan.coalesce:
+            return await _call(deps, routed, plan, gone)
+        async with deps.cache.turn(plan) as entry:
+            if entry is not None:
+                return _cached(deps, routed, entry)
+            return await _call(deps, routed, plan, gone)
 
 
 async def _call(deps: Deps, routed: Routed, plan: CachePlan, gone: Gone) -> Answer:
@@ -421,6 +423,7 @@ async def open_stream(
     failures surface as a status, unless `waiting` committed the answer when the upstream said
     it was queueing the request). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
+        await deps.controls.release(routed.hold)
         wire = format_of(routed)
         replay = _replay(wire.replay(wire.fresh(entry.body), routed))
         decision = _produced_by(routed.decision, entry)
@@ -428,12 +431,12 @@ async def open_stream(
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
     started = time.monotonic()
     try:
-        (first, chunks), routed, trail = await resilient(
-            deps, routed, partial(_first_chunk, deps, waiting=waiting)
-        )
+        async with deps.controls.holding(routed.hold, keep=True):  # the stream's end settles it
+            opening = await resilient(deps, routed, partial(_first_chunk, deps, waiting=waiting))
     except asyncio.CancelledError:
         await _abandoned(deps, routed, plan, gone)
         raise
+    (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
     relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()), gone)
     return StreamAnswer(routed.decision, relay, plan.status, trail=trail)

@@ -220,7 +220,9 @@ def chat_view(request: MessagesRequest) -> ChatRequest:
     if request.system is not None:
         messages.append(Message(role="system", content=request.system_text()))
     for message in request.messages:
-        if message.role == "user":
+        if isinstance(message.content, str):  # plain text, the common case: no blocks to build
+            messages.append(Message(role=message.role, content=message.content))
+        elif message.role == "user":
             messages.extend(_user_turn(message.blocks()))
         else:
             messages.append(_assistant_turn(message.blocks()))
@@ -253,8 +255,11 @@ def _user_turn(blocks: list[Block]) -> list[Message]:
         for block in blocks
         if block.type == "tool_result"
     ]
-    parts = [ContentPart(type="text", text=b.text) for b in blocks if b.type == "text" and b.text]
-    return [*results, Message(role="user", content=parts)] if parts else results
+    texts = [b.text for b in blocks if b.type == "text" and b.text]
+    if not texts:
+        return results
+    content = texts[0] if len(texts) == 1 else [ContentPart(type="text", text=t) for t in texts]
+    return [*results, Message(role="user", content=content)]
 
 
 def _assistant_turn(blocks: list[Block]) -> Message:

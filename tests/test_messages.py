@@ -410,3 +410,28 @@ def test_a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event(
         for event in stream:
             seen.append(event.type)
     assert seen[0] == "message_start" and "message_stop" not in seen
+
+
+def test_route_explains_a_messages_body_as_it_would_be_routed(
+    flashpro: str, sim: RunningSimulator
+) -> None:
+    body = {
+        "model": "claude-haiku-5-5",
+        "max_tokens": 100,
+        "system": "Write a 5-10 word title for the conversation.",
+        "messages": ask("User: how do I parse JSON lines in Python?"),
+    }
+    explained = httpx.post(flashpro + "/v1/route", json=body)
+    assert explained.status_code == 200, explained.text
+    decision = explained.json()
+    assert decision["alias"] == "auto-economy" and decision["tier"] == "flash"
+    raw = client(flashpro).messages.with_raw_response.create(**body)
+    assert raw.headers["x-flashpro-tier"] == decision["tier"]
+    assert raw.headers["x-flashpro-score"] == f"{decision['score']:.4f}"
+    # valid as chat, not as Messages (no system role there): the header says which it is
+    both = {"model": "flash", "messages": [{"role": "system", "content": "Be brief."}, *ask("hi")]}
+    assert httpx.post(flashpro + "/v1/route", json=both).status_code == 200
+    by_sdk = httpx.post(
+        flashpro + "/v1/route", json=both, headers={"anthropic-version": "2023-06-01"}
+    )
+    assert by_sdk.status_code == 400 and "role" in by_sdk.json()["error"]["message"]

@@ -343,3 +343,15 @@ async def test_a_client_that_reads_nothing_of_its_answer_is_dropped() -> None:
     assert not reading.aborted
     for each in (protocol, other):
         each.connection_lost(None)
+
+
+def test_refusals_on_the_messages_api_use_anthropic_errors(port: int) -> None:
+    big = "x-junk: " + "a" * 40_000
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{big}\r\n\r\n{{}}"
+    reply = exchange(port, head.encode())
+    slow = exchange(port, b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    for answer, status in ((reply, 431), (slow, 408)):
+        ((got, body),) = answer.answers
+        error = orjson.loads(body)
+        assert got == status and error["type"] == "error"
+        assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"]

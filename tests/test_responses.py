@@ -499,3 +499,24 @@ def test_route_explains_a_responses_body_as_its_chat_twin(
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "previous_response_not_found"
     assert not [r for r in sim.requests() if r.path.endswith("/chat/completions")]
+
+
+def responses_counted(base: str, status: str) -> float:
+    lines = httpx.get(base + "/metrics").text.split("\n")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("flashpro_requests_total{")
+        and 'api="responses"' in line
+        and f'status="{status}"' in line
+    )
+
+
+def test_answers_and_refusals_are_counted_as_responses(flashpro: str) -> None:
+    answered, refused = responses_counted(flashpro, "2xx"), responses_counted(flashpro, "4xx")
+    client(flashpro).responses.create(model="flash", input="count me")
+    list(client(flashpro).responses.create(model="flash", input="and me", stream=True))
+    with pytest.raises(openai.BadRequestError):
+        client(flashpro).responses.create(model="flash", input="x", previous_response_id="resp_0")
+    assert responses_counted(flashpro, "2xx") == answered + 2
+    assert responses_counted(flashpro, "4xx") == refused + 1

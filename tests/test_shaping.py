@@ -165,3 +165,14 @@ def test_the_output_limit_estimates_use_is_the_cap_deepseek_applies() -> None:
     assert limit(max_tokens=80, max_completion_tokens=50) == 50
     assert limit(max_tokens=30, max_completion_tokens=50) == 30
     assert limit(max_completion_tokens=50) == 50
+
+
+def test_images_outside_user_turns_are_refused_not_flattened() -> None:
+    messages = [
+        {"role": "user", "content": "Describe it."},
+        {"role": "assistant", "content": [{"type": "text", "text": "Here:"}, IMAGE]},
+        {"role": "user", "content": "And now?"},
+    ]
+    with pytest.raises(InvalidRequest) as caught:
+        shaped(messages, vision=True)
+    assert caught.value.param == "messages[1].content"

@@ -1,7 +1,7 @@
-"""HTTP edge: the endpoints besides the proxied ones (router/http/chat.py, responses.py): route
-explanation (of a chat or a Responses body), the model list and health checks. With
-`auth.required` each takes a key (`/healthz` excepted): a client key for /v1/route, a monitoring
-key for /readyz, either for /v1/models. I/O."""
+"""HTTP edge: the endpoints besides the proxied ones (router/http/chat.py, messages.py,
+responses.py): route explanation (of a chat, Messages or Responses body), the model list and
+health checks. With `auth.required` each takes a key (`/healthz` excepted): a client key for
+/v1/route, a monitoring key for /readyz, either for /v1/models. I/O."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from fastapi.responses import Response
 
 from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
+from router.http.messages import is_messages_body
+from router.http.messages import routable as routable_message
 from router.http.responses import is_responses_body
 from router.pipeline import Deps, preview
 from router.schemas import ChatRequest
@@ -44,14 +46,16 @@ def lower_headers(request: Request) -> dict[str, str]:
 
 
 async def read_routable(request: Request, deps: Deps) -> ChatRequest:
-    """Read and validate a chat body, or a Responses body as the chat request it becomes (the
-    same readers and limits as those endpoints')."""
+    """Read and validate a chat body, a Responses body as the chat request it becomes, or a
+    Messages body as its chat view (the same readers and limits as those endpoints')."""
     settings = request.app.state.settings
     given = lower_headers(request)
     body = await read_body(request.receive, given, settings.max_body_bytes)
     if is_responses_body(body):
         chat: ChatRequest = await request.app.responses.routable(deps, given, body)
         return chat
+    if is_messages_body(body, given):
+        return routable_message(body, settings.max_json_depth)
     return parse_chat(body, settings.max_json_depth)
 
 
@@ -70,6 +74,9 @@ async def explain_route(request: Request) -> Response:
         "reasoning_effort": decision.reasoning_effort,
         "score": decision.score,
         "reasoning": routed.assessment.reasoning,
+        "difficulty": routed.assessment.difficulty,
+        "gain": routed.assessment.gain,
+        "reasons": list(routed.assessment.reasons),
         "prompt_tokens": routed.assessment.prompt_tokens,
         "rule": decision.rule,
         "reason": decision.reason,

@@ -35,6 +35,7 @@ from router.http.chat import (
     serve,
 )
 from router.pipeline import Deps, admit, cache_plan, complete, open_stream, preview
+from router.schemas import ChatRequest
 from router.schemas_anthropic import (
     CountTokensRequest,
     MessagesRequest,
@@ -75,6 +76,38 @@ def with_bearer(headers: dict[str, str]) -> dict[str, str]:
     if key and "authorization" not in headers:
         headers["authorization"] = f"Bearer {key}"
     return headers
+
+
+def is_messages_body(body: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether a body is in the Anthropic format (for POST /v1/route): sent by an Anthropic
+    client (`anthropic-version`), or shaped like one (a top-level `system`, content blocks of
+    tool use, tool results or thinking, tools with an `input_schema`). A plain body of user
+    and assistant texts is the same request in either format."""
+    if "anthropic-version" in headers:
+        return True
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        return False
+    if "system" in data or any(
+        isinstance(tool, dict) and "input_schema" in tool for tool in data.get("tools") or ()
+    ):
+        return True
+    kinds = {
+        block.get("type")
+        for message in data["messages"]
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict)
+    }
+    return bool(kinds & {"tool_use", "tool_result", "thinking"})
+
+
+def routable(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> ChatRequest:
+    """A Messages body as the chat view it is routed as (POST /v1/route)."""
+    return chat_view(parse_json(body, CountTokensRequest, max_depth, most_telling))
 
 
 def ignored_header(request: MessagesRequest) -> dict[str, str]:

@@ -40,6 +40,7 @@ from uvicorn.supervisors import Multiprocess
 from router.settings import Settings
 
 Phase = Literal["head", "body"]
+ANTHROPIC_PREFIX = b"/v1/messages"  # refusals there use Anthropic's error envelope
 LINGER_S = 2.0  # after a refusal, how long the client's remaining bytes are read and dropped
 
 
@@ -68,10 +69,16 @@ class HeadTooLarge(Exception):
     """Raised inside the parser's callback to stop it at once (httptools re-raises it wrapped)."""
 
 
-def error_response(status: int, reason: str, message: str, code: str) -> bytes:
-    """A whole HTTP/1.1 answer carrying OpenAI's error envelope, closing the connection."""
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+def error_response(status: int, reason: str, message: str, code: str, anthropic: bool) -> bytes:
+    """A whole HTTP/1.1 answer carrying OpenAI's error envelope (Anthropic's for a request to
+    the Messages API), closing the connection."""
+    if anthropic:
+        kind = "overloaded_error" if status == 503 else "invalid_request_error"
+        error: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        error = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = orjson.dumps(error)
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -110,6 +117,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "Service Unavailable",
                     "The server has too many open connections; retry shortly.",
                     "too_many_connections",
+                    anthropic=False,  # nothing read yet
                 )
             )
             self.transport.close()
@@ -205,6 +213,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             "Request Timeout",
             f"The request {what} did not arrive in time.",
             "request_timeout",
+            self.anthropic(),
         )
         self.refuse(b"" if answered else answer)
 
@@ -216,6 +225,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                 "Request Header Fields Too Large",
                 f"The request line and headers are over the {limit}-byte limit.",
                 "request_header_fields_too_large",
+                self.anthropic(),
             )
         )
 
@@ -226,8 +236,13 @@ class BoundedHttpTools(HttpToolsProtocol):
                 "Bad Request",
                 "The request is not valid HTTP/1.1.",
                 "invalid_http_request",
+                self.anthropic(),
             )
         )
+
+    def anthropic(self) -> bool:
+        """Whether the request (as far as its target has arrived) is for the Messages API."""
+        return getattr(self, "url", b"").startswith(ANTHROPIC_PREFIX)
 
     def refuse(self, answer: bytes) -> None:
         """Answer (unless `answer` is empty) and end the connection; a request the app is

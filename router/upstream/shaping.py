@@ -83,6 +83,7 @@ def shape(
             param="messages",
             code="images_not_supported",
         )
+    _images_from_users_only(messages)
     params = dict(call.params)
     params.pop("user", None)
     _output_cap(params)
@@ -104,6 +105,19 @@ def _role(message: dict[str, Any], index: int) -> dict[str, Any]:
             code="unsupported_role",
         )
     return message
+
+
+def _images_from_users_only(messages: Sequence[Mapping[str, Any]]) -> None:
+    """DeepSeek reads images in user turns only; elsewhere they would be flattened to their
+    text on the way (litellm does the same), so they are refused instead."""
+    for index, message in enumerate(messages):
+        if message.get("role") != "user" and has_images([message]):
+            raise InvalidRequest(
+                f"messages[{index}] ({message.get('role')}) has image parts; DeepSeek reads "
+                "images in user messages only.",
+                param=f"messages[{index}].content",
+                code="images_not_supported",
+            )
 
 
 def _output_cap(params: dict[str, Any]) -> None:
