@@ -51,12 +51,12 @@ def build_deps(settings: Settings) -> Deps:
     classifier = load_classifier(settings.classifier)
     routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
     secrets = tuple(key for key in routing.keys.values() if key)
-    shared = open_store(settings.redis_url)  # budgets, share window and rate limits: one breaker
+    shared = open_store(settings.redis_url)  # the shared state behind one breaker (not the cache)
     return Deps(
         routing=routing,
         classifier=classifier,
         upstream=open_upstream(settings.transport, secrets),
-        memory=open_reasoning(settings.redis_url),
+        memory=open_reasoning(shared),
         api_base=settings.deepseek_api_base,
         anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
