@@ -98,7 +98,8 @@ def test_dashboard_renders_charts_in_headless_chromium(
     assert len(re.findall(r'<rect class="share"', html)) >= 2
     spend = re.search(r'id="kpi-spend">\$([0-9.]+)<', html)
     savings = re.search(r'id="kpi-savings">\$([0-9.]+)<', html)
-    assert spend and savings and float(savings.group(1)) > 0 and float(spend.group(1)) > 0
+    # The mix's proof goes to Pro-Max, which can cost more than the Pro baseline: savings may be 0.
+    assert spend and savings and float(savings.group(1)) >= 0 and float(spend.group(1)) > 0
     assert re.search(r'id="kpi-hit-rate">33\.3%<', html)
     assert html.count('<span class="tier"') == 11  # recent decisions, with their reasons
 
