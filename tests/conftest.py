@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,13 +66,17 @@ WEATHER_TOOL = {
 }
 
 
+# how long a server (redis-server, flashpro in a thread or a process) may take to start
+STARTUP_DEADLINE_S = 180.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "it") -> None:
+def wait_until(check: Callable[[], bool], timeout_s: float = 60.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -115,7 +120,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._accepts, what="redis-server")
+        wait_until(self._accepts, timeout_s=STARTUP_DEADLINE_S, what="redis-server")
 
     def _accepts(self) -> bool:
         try:
@@ -175,7 +180,7 @@ def serve_app(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(base + "/healthz"), what="flashpro")
+    wait_until(lambda: http_ok(base + "/healthz"), timeout_s=STARTUP_DEADLINE_S, what="flashpro")
     try:
         yield base
     finally:
@@ -224,27 +229,34 @@ def flashpro_process(
 ) -> Iterator[FlashproProcess]:
     """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: process.poll() is None and http_ok(base + ready_path),
-            timeout_s=60,
-            what="flashpro serve",
+    # the output goes to a file, never an unread pipe: a full pipe would block the server
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        yield FlashproProcess(base, process)
-    finally:
-        process.terminate()
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                output.seek(0)
+                raise RuntimeError(f"flashpro serve exited {process.returncode}: {output.read()}")
+            return http_ok(base + ready_path)
+
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            # a deadline, not a pause: start-up takes seconds, far longer on a loaded machine
+            wait_until(ready, timeout_s=STARTUP_DEADLINE_S, what="flashpro serve")
+            yield FlashproProcess(base, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def pytest_asyncio_loop_factories(
