@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -221,6 +222,12 @@ def flashpro(simulator: RunningSimulator, upstream_env: None) -> Iterator[str]:
 class FlashproProcess:
     base: str
     process: subprocess.Popen[str]
+    log: IO[str]
+
+    def output(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 @contextmanager
@@ -249,7 +256,7 @@ def flashpro_process(
         try:
             # a deadline, not a pause: start-up takes seconds, far longer on a loaded machine
             wait_until(ready, timeout_s=STARTUP_DEADLINE_S, what="flashpro serve")
-            yield FlashproProcess(base, process)
+            yield FlashproProcess(base, process, output)
         finally:
             process.terminate()
             try:
