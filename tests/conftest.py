@@ -232,7 +232,10 @@ class FlashproProcess:
 
 @contextmanager
 def flashpro_process(
-    args: list[str], env: dict[str, str], ready_path: str = "/healthz"
+    args: list[str],
+    env: dict[str, str],
+    ready_path: str = "/healthz",
+    ready_s: float = STARTUP_DEADLINE_S,
 ) -> Iterator[FlashproProcess]:
     """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
     port = free_port()
@@ -255,7 +258,7 @@ def flashpro_process(
 
         try:
             # a deadline, not a pause: start-up takes seconds, far longer on a loaded machine
-            wait_until(ready, timeout_s=STARTUP_DEADLINE_S, what="flashpro serve")
+            wait_until(ready, timeout_s=ready_s, what="flashpro serve")
             yield FlashproProcess(base, process, output)
         finally:
             process.terminate()
