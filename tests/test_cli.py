@@ -60,8 +60,9 @@ def test_serve_simulate_answers_the_openai_sdk() -> None:
 def test_route_command_explains_a_decision(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route", "Prove that there are infinitely many primes."]) == 0
     out = capsys.readouterr().out
-    for label in ("score", "thresholds", "tier", "rule", "reason"):
+    for label in ("score", "difficulty", "gain", "why", "thresholds", "tier", "rule", "reason"):
         assert label in out
+    assert "asks for a proof" in out
     assert main(["route", "--model", "pro", "hi"]) == 0
     assert "pinned:pro" in capsys.readouterr().out
 
