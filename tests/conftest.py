@@ -37,7 +37,7 @@ from router.simulator.server import (
 
 ROOT = Path(__file__).resolve().parents[1]
 # uvicorn serves on uvloop in production: the upstream client's tests run on both loops
-BOTH_LOOPS = frozenset({"test_connections.py", "test_transport_tls.py"})
+BOTH_LOOPS = frozenset({"test_client.py", "test_transport_tls.py"})
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 
 # Fields a hostile client may send to redirect the upstream call; none may reach it.
