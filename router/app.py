@@ -40,9 +40,17 @@ from router.state.ratelimit import open_rate_limiter
 from router.state.reasoning import open_reasoning
 from router.state.responses import open_response_store
 from router.state.store import open_store
+from router.upstream.client import ClientLimits
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
+
+
+def _client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        max_connections=settings.upstream_max_connections,
+        per_origin=settings.upstream_max_connections_per_origin,
+    )
 
 
 def build_deps(settings: Settings) -> Deps:
@@ -55,7 +63,7 @@ def build_deps(settings: Settings) -> Deps:
     return Deps(
         routing=routing,
         classifier=classifier,
-        upstream=open_upstream(settings.transport, secrets),
+        upstream=open_upstream(settings.transport, secrets, _client_limits(settings)),
         memory=open_reasoning(shared),
         api_base=settings.deepseek_api_base,
         anthropic_api_base=settings.deepseek_anthropic_api_base,
