@@ -21,6 +21,7 @@ from router.routing.limits import BudgetLimit
 from router.routing.policy import Policy
 from router.schemas import ChatRequest
 from router.state import store
+from router.state.calibration import LiveCalibration, RedisScoreWindow
 from router.state.ledger import Ledger, MemoryLedger, RedisLedger
 from router.state.share import MemoryShareWindow, RedisShareWindow, ShareWindow
 
@@ -109,6 +110,7 @@ class Controls:
     shares: ShareWindow = field(default_factory=MemoryShareWindow)
     latency: LatencyLearner = field(default_factory=LatencyLearner)
     affinity: AffinityMemory = field(default_factory=AffinityMemory)
+    calibration: LiveCalibration = field(default_factory=LiveCalibration)
     environ: Mapping[str, str] = field(default_factory=dict)
 
     def now(self) -> float:
@@ -130,6 +132,7 @@ class Controls:
         affinity = None
         if policy.affinity is not None and policy.affinity.enabled and caller.conversation:
             affinity = self.affinity.get(caller.conversation)
+        thresholds = await self.calibration.thresholds(policy)
         return RoutingState(
             spent=spent,
             max_latency_ms=caller.max_latency_ms,
@@ -139,16 +142,19 @@ class Controls:
             group=caller.group,
             affinity_tier=affinity,
             now=now,
+            thresholds=thresholds,
         )
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
-        """Count a routed request toward the share window and remember its conversation."""
+        """Count a routed request toward the share window and its alias's live calibration,
+        and remember its conversation."""
         cap = policy.share_cap
         if cap is not None and decision.alias is not None and cap.tier in policy.tiers:
             strong = policy.rank(decision.tier) >= policy.rank(cap.tier)
             await self.shares.add(strong, cap.window_s, self.now())
         if policy.affinity is not None and caller.conversation:
             self.affinity.put(caller.conversation, decision.tier, policy.affinity.max_conversations)
+        await self.calibration.seen(policy, decision.alias, decision.score, decision.tier)
 
     async def answered(
         self,
@@ -183,7 +189,8 @@ class Controls:
 def open_controls(
     redis_url: str | None, environ: Mapping[str, str], namespace: str = ""
 ) -> Controls:
-    """Redis-backed ledger and share window when a URL is configured, else in-process ones.
+    """Redis-backed ledger, share window and live-calibration window when a URL is configured,
+    else in-process ones.
     `namespace` (the upstream set, router/routing/routed.py) keeps each upstream's spend and
     share apart in a shared Redis."""
     if not redis_url:
@@ -192,5 +199,6 @@ def open_controls(
     return Controls(
         ledger=RedisLedger(client, namespace=namespace),
         shares=RedisShareWindow(client, namespace=namespace),
+        calibration=LiveCalibration(RedisScoreWindow(client, namespace=namespace)),
         environ=environ,
     )
