@@ -39,6 +39,7 @@ from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
 from router.state.reasoning import open_reasoning
 from router.state.responses import open_response_store
+from router.state.store import open_store
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
@@ -50,6 +51,7 @@ def build_deps(settings: Settings) -> Deps:
     classifier = load_classifier(settings.classifier)
     routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
     secrets = tuple(key for key in routing.keys.values() if key)
+    shared = open_store(settings.redis_url)  # budgets, share window and rate limits: one breaker
     return Deps(
         routing=routing,
         classifier=classifier,
@@ -58,10 +60,8 @@ def build_deps(settings: Settings) -> Deps:
         api_base=settings.deepseek_api_base,
         anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),
-        controls=open_controls(
-            settings.redis_url, os.environ, routing.upstreams(settings.deepseek_api_base)
-        ),
-        rates=open_rate_limiter(settings.redis_url),
+        controls=open_controls(shared, os.environ, routing.upstreams(settings.deepseek_api_base)),
+        rates=open_rate_limiter(shared),
         observer=Observer.for_policy(policy),
         responses=open_response_store(
             settings.redis_url,

@@ -145,6 +145,7 @@ async def admit(
     routed = route(deps, request, headers, state, routing, caller, request_id)
     if api != "chat" or anthropic is not None:
         routed = replace(routed, api=api, anthropic=anthropic)
+    routed = await deps.controls.reserve(routed, state)  # its expected cost, until charged
     await deps.controls.admitted(routing.policy, caller, routed.decision)
     return routed
 
@@ -268,7 +269,7 @@ async def _charge(
     latency unless `total_ms` is None (an answer cut short)."""
     policy = _routing(deps, routed).policy
     await deps.controls.answered(
-        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms
+        policy, routed.caller, routed.decision, usage, cost, total_ms, ttft_ms, routed.hold
     )
     tokens = usage.prompt_tokens + usage.completion_tokens
     await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
@@ -276,14 +277,15 @@ async def _charge(
 
 async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answer:
     """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
-    if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
-        return _cached(deps, routed, entry)
-    if not plan.coalesce:
-        return await _call(deps, routed, plan)
-    async with deps.cache.turn(plan) as entry:
-        if entry is not None:
+    async with deps.controls.holding(routed.hold):  # settled by the charge, else given back
+        if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
             return _cached(deps, routed, entry)
-        return await _call(deps, routed, plan)
+        if not plan.coalesce:
+            return await _call(deps, routed, plan)
+        async with deps.cache.turn(plan) as entry:
+            if entry is not None:
+                return _cached(deps, routed, entry)
+            return await _call(deps, routed, plan)
 
 
 async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
@@ -400,13 +402,16 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
     failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
+        await deps.controls.release(routed.hold)
         wire = format_of(routed)
         replay = _replay(wire.replay(wire.fresh(entry.body), routed))
         decision = _produced_by(routed.decision, entry)
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
     started = time.monotonic()
-    (first, chunks), routed, trail = await resilient(deps, routed, partial(_first_chunk, deps))
+    async with deps.controls.holding(routed.hold, keep=True):  # the stream's end settles it
+        opening = await resilient(deps, routed, partial(_first_chunk, deps))
+    (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
     relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()))
     return StreamAnswer(routed.decision, relay, plan.status, trail=trail)

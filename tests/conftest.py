@@ -220,7 +220,7 @@ class FlashproProcess:
 
 @contextmanager
 def flashpro_process(
-    args: list[str], env: dict[str, str], ready_path: str = "/healthz"
+    args: list[str], env: dict[str, str], ready_path: str = "/healthz", ready_s: float = 60
 ) -> Iterator[FlashproProcess]:
     """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
     port = free_port()
@@ -235,7 +235,7 @@ def flashpro_process(
     try:
         wait_until(
             lambda: process.poll() is None and http_ok(base + ready_path),
-            timeout_s=60,
+            timeout_s=ready_s,
             what="flashpro serve",
         )
         yield FlashproProcess(base, process)

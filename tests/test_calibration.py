@@ -190,7 +190,7 @@ def test_policy_refuses_live_calibration_without_shares() -> None:
         "shares: {pro: 0.30, pro-max: 0.04}",
         "thresholds: {pro: 0.6}\n    calibration: live",
     )
-    with pytest.raises(PolicyError, match="needs .shares."):
+    with pytest.raises(PolicyError, match=r"needs .shares."):
         parse_policy(text)
 
 
@@ -247,7 +247,9 @@ async def test_redis_window_is_shared_between_processes(calibration_redis: str) 
 
 
 async def test_redis_outage_falls_back_to_this_process_window() -> None:
-    window = RedisScoreWindow(store.connect(f"redis://127.0.0.1:{free_port()}/0"))
+    shared = store.open_store(f"redis://127.0.0.1:{free_port()}/0")
+    assert shared is not None
+    window = RedisScoreWindow(shared)
     await window.add("auto-economy", 0.7, "pro")
     assert await window.recent("auto-economy") == [(0.7, "pro")]
 

@@ -112,8 +112,8 @@ def test_redis_counters_are_shared_and_survive_an_outage(redis_server: RedisServ
     limits = RequestLimits(requests_per_minute=3)
 
     async def run(stopped: bool) -> None:
-        one = RateLimiter(RedisCounter(store.connect(url)))
-        two = RateLimiter(RedisCounter(store.connect(url)))
+        one = RateLimiter(RedisCounter(store.Store(store.connect(url))))
+        two = RateLimiter(RedisCounter(store.Store(store.connect(url))))
         try:
             if stopped:
                 for _ in range(5):  # Redis down: counted in memory, never an error

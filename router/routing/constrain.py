@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from router.errors import BudgetExhausted, InvalidRequest, ModelNotFound
+from router.errors import BudgetExhausted, InvalidRequest, ModelNotFound, ServiceUnavailable
 from router.routing.decision import Decision, Thresholds
 from router.routing.latency import Profile, expected_latency_ms, profile_of
 from router.routing.limits import BudgetLimit
@@ -21,8 +21,9 @@ class Spent:
 
     scope: str  # "total", "key", "group:<name>"
     limit: BudgetLimit
-    day_usd: float = 0.0
+    day_usd: float = 0.0  # spent, and held by requests in flight
     month_usd: float = 0.0
+    shared: bool = True  # read from the shared ledger; False: this process's view (outage)
 
     @property
     def exhausted(self) -> bool:
@@ -79,7 +80,7 @@ def constrain(
     decision = _group(policy, decision, state)
     if decision.alias is not None:
         decision = _latency(policy, decision, state)
-    return _budgets(policy, decision, state)
+    return _budgets(policy, _unverified(policy, decision, state), state)
 
 
 def _threshold(steps: Thresholds, tier: str) -> float | None:
@@ -177,6 +178,28 @@ def _budgets(policy: Policy, decision: Decision, state: RoutingState) -> Decisio
         return decision
     reason = f"{decision.reason}; {spent.scope} budget spent, downgraded to {target}"
     return retarget(policy, decision, target, rule=f"budget:{spent.scope}", reason=reason)
+
+
+def _unverified(policy: Policy, decision: Decision, state: RoutingState) -> Decision:
+    """Budgets that fail closed while the shared ledger is unreachable: refuse (503) or serve
+    from the downgrade tier, as if spent."""
+    budgets = policy.budgets
+    if budgets is None or budgets.on_store_outage == "open":
+        return decision
+    blind = next((s for s in state.spent if not s.shared), None)
+    if blind is None:
+        return decision
+    if budgets.on_exhausted == "reject":
+        raise ServiceUnavailable(
+            f"The {blind.scope} spend budget cannot be checked: the shared spend ledger is "
+            "unreachable and this policy fails closed (budgets.on_store_outage: closed).",
+            headers={"Retry-After": "1"},
+        )
+    target = budgets.downgrade_to or next(iter(policy.tiers))
+    if policy.rank(decision.tier) <= policy.rank(target):
+        return decision
+    reason = f"{decision.reason}; spend ledger unreachable, budgets fail closed to {target}"
+    return retarget(policy, decision, target, rule=f"budget:{blind.scope}", reason=reason)
 
 
 def with_vision(

@@ -41,6 +41,13 @@ class Budgets(_Strict):
     per_key: BudgetLimit | None = Field(
         default=None, description="Limits for each client API key (bearer token) separately."
     )
+    on_store_outage: Literal["open", "closed"] = Field(
+        default="open",
+        description="While the shared ledger (Redis) is unreachable: open keeps enforcing the "
+        "budgets from this process's view (the last spend read plus what it spent since); "
+        "closed treats every budget as spent (reject: 503 with Retry-After; downgrade: the "
+        "downgrade tier). Either way the spend is reconciled into Redis when it is back.",
+    )
 
 
 class ShareCap(_Strict):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from router.routing.budget import Hold
 from router.routing.callers import Caller
 from router.routing.classify import Assessment
 from router.routing.decide import resolve_thresholds
@@ -89,6 +90,7 @@ class Routed:
     admitted_at: float = field(default_factory=time.monotonic)
     api: str = "chat"  # the front door: chat, messages or responses (metrics and logs)
     anthropic: MessagesRequest | None = None  # a Messages body, relayed in Anthropic format
+    hold: Hold | None = None  # the expected cost reserved against the caller's budgets
 
 
 class RoutingHolder:

@@ -31,7 +31,7 @@ import redis.asyncio
 from router.routing.callers import bearer_digest
 from router.routing.policy import CachePolicy, Policy, Tier
 from router.schemas import ChatRequest
-from router.state.store import connect_redis
+from router.state.store import Breaker, connect_redis
 
 CacheStatus = Literal["hit", "miss", "bypass"]
 T = TypeVar("T")
@@ -287,31 +287,6 @@ class MemoryCache:
         self.bytes = 0
 
 
-class _Breaker:
-    """After a Redis failure, skip Redis for `cool_down_s`: a dead Redis then costs one timeout
-    per cool-down, not one per request. Logs one warning per outage and one line on recovery."""
-
-    def __init__(self, cool_down_s: float, log: logging.Logger) -> None:
-        self._cool_down_s = cool_down_s
-        self._log = log
-        self._retry_at = 0.0
-        self.down = False
-
-    def allows(self) -> bool:
-        return time.monotonic() >= self._retry_at
-
-    def failed(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self._cool_down_s
-        if not self.down:
-            self.down = True
-            self._log.warning("redis cache unavailable (%r): serving without it", exc)
-
-    def succeeded(self) -> None:
-        if self.down:
-            self.down = False
-            self._log.warning("redis cache recovered")
-
-
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 
 
@@ -327,7 +302,9 @@ class RedisCache:
         log: logging.Logger | None = None,
     ) -> None:
         self._client = connect_redis(url, timeout_s)
-        self._breaker = _Breaker(cool_down_s, log or logging.getLogger("flashpro.cache"))
+        self._breaker = Breaker(
+            "response cache", log or logging.getLogger("flashpro.cache"), cool_down_s
+        )
 
     @property
     def down(self) -> bool:

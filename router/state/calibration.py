@@ -9,7 +9,6 @@ thresholds of the classifier's calibration set (decide() uses them when no live 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import deque
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from router.routing.decision import Thresholds
 from router.routing.policy import Policy
-from router.state.store import FAILURES, PREFIX, Client, Outage
+from router.state.store import PREFIX, Client, Store, StoreDown
 
 WINDOW = 2000  # scores kept per alias: the most recent ones
 WARMUP = 200  # below this many, the shipped calibration decides
@@ -54,43 +53,39 @@ class RedisScoreWindow:
     """One capped Redis list per alias ("score tier" entries, newest first). Every write also
     goes to this process's memory, which answers while Redis is down."""
 
-    def __init__(
-        self,
-        client: Client,
-        namespace: str = "",
-        size: int = WINDOW,
-        log: logging.Logger | None = None,
-    ) -> None:
+    def __init__(self, store: Store, namespace: str = "", size: int = WINDOW) -> None:
         base = f"{PREFIX}:calibration"
         self._prefix = f"{base}:{namespace}" if namespace else base
-        self._client = client
+        self._store = store
         self._size = size
         self._fallback = MemoryScoreWindow(size)
-        self._outage = Outage("live calibration", log or logging.getLogger("flashpro.store"))
 
     def _key(self, alias: str) -> str:
         return f"{self._prefix}:{alias}"
 
     async def recent(self, alias: str) -> list[Seen]:
+        async def read(client: Client) -> list[Any]:
+            return list(await client.lrange(self._key(alias), 0, self._size - 1))
+
         try:
-            rows: list[Any] = await self._client.lrange(self._key(alias), 0, self._size - 1)
-        except FAILURES as exc:
-            self._outage.failed(exc)
+            rows = await self._store.call(read)
+        except StoreDown:
             return await self._fallback.recent(alias)
-        self._outage.ok()
         return [seen for row in rows if (seen := _parsed(row)) is not None]
 
     async def add(self, alias: str, score: float, tier: str) -> None:
         await self._fallback.add(alias, score, tier)
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
+
+        async def push(client: Client) -> None:
+            async with client.pipeline(transaction=False) as pipe:
                 pipe.lpush(self._key(alias), f"{score:.6f} {tier}")
                 pipe.ltrim(self._key(alias), 0, self._size - 1)
                 await pipe.execute()
-        except FAILURES as exc:
-            self._outage.failed(exc)
+
+        try:
+            await self._store.call(push)
+        except StoreDown:
             return
-        self._outage.ok()
 
 
 def _parsed(row: bytes | str) -> Seen | None:

@@ -7,23 +7,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 
 from router.errors import InvalidRequest
+from router.routing.budget import Hold, expected_cost, hold_ttl_s
 from router.routing.callers import Caller, bearer_digest, key_digest
 from router.routing.constrain import RoutingState, Spent
 from router.routing.cost import Usage
-from router.routing.decision import Decision
+from router.routing.decide import decide
+from router.routing.decision import Decision, facts_of
 from router.routing.latency import LatencyLearner
 from router.routing.limits import BudgetLimit
 from router.routing.policy import Policy
+from router.routing.routed import Routed
 from router.schemas import ChatRequest
-from router.state import store
 from router.state.calibration import LiveCalibration, RedisScoreWindow
 from router.state.ledger import Ledger, MemoryLedger, RedisLedger
 from router.state.share import MemoryShareWindow, RedisShareWindow, ShareWindow
+from router.state.store import Store, open_store
 
 LATENCY_HEADER = "x-flashpro-max-latency-ms"
 log = logging.getLogger("flashpro.controls")
@@ -112,6 +117,7 @@ class Controls:
     affinity: AffinityMemory = field(default_factory=AffinityMemory)
     calibration: LiveCalibration = field(default_factory=LiveCalibration)
     environ: Mapping[str, str] = field(default_factory=dict)
+    _open: dict[str, float] = field(default_factory=dict)  # unsettled hold -> expires at
 
     def now(self) -> float:
         return time.time()
@@ -122,10 +128,7 @@ class Controls:
         spent: tuple[Spent, ...] = ()
         if scopes:
             amounts = await self.ledger.spent([scope for scope, _ in scopes], now)
-            spent = tuple(
-                Spent(scope, limit, day, month)
-                for (scope, limit), (day, month) in zip(scopes, amounts, strict=True)
-            )
+            spent = self._spent(scopes, amounts)
         share = None
         if policy.share_cap is not None:
             share = await self.shares.share(policy.share_cap.window_s, now)
@@ -144,6 +147,75 @@ class Controls:
             now=now,
             thresholds=thresholds,
         )
+
+    def _spent(
+        self, scopes: list[tuple[str, BudgetLimit]], amounts: list[tuple[float, float]]
+    ) -> tuple[Spent, ...]:
+        shared = self.ledger.shared
+        return tuple(
+            Spent(scope, limit, day, month, shared)
+            for (scope, limit), (day, month) in zip(scopes, amounts, strict=True)
+        )
+
+    async def hold(
+        self, policy: Policy, caller: Caller, usd: float, check: bool = True
+    ) -> Hold | tuple[Spent, ...] | None:
+        """Hold `usd` against the caller's budgets until the answer is charged: the hold, or
+        None when no budget applies. With `check`, a budget already spent (holds in flight
+        included) refuses instead, with the spend that refused it (atomic across processes)."""
+        scopes = budget_scopes(policy, caller)
+        if not scopes:
+            return None
+        now = self.now()
+        hold = Hold(uuid.uuid4().hex, tuple(s for s, _ in scopes), usd, now + hold_ttl_s(policy))
+        seen = await self.ledger.reserve(scopes, hold, now, check)
+        if seen is not None:
+            return self._spent(scopes, seen)
+        if len(self._open) > 10_000:
+            self._open = {t: at for t, at in self._open.items() if at > now}
+        self._open[hold.token] = hold.expires_at
+        return hold
+
+    async def reserve(self, routed: Routed, state: RoutingState) -> Routed:
+        """The routed request holding its expected cost against the caller's budgets until it
+        is charged. The check and the hold are one atomic step across processes
+        (router/state/ledger.py): a budget taken meanwhile by requests in flight routes the
+        request again under the spend that refused it (reject: 429; downgrade: the downgrade
+        tier, held without a check)."""
+        routing = routed.routing
+        if not state.spent or routing is None:
+            return routed
+        policy, caller, prompt = routing.policy, routed.caller, routed.assessment.prompt_tokens
+
+        def cost(decision: Decision) -> float:
+            return expected_cost(policy, decision.tier, prompt, caller.max_tokens, self.now())
+
+        check = not routed.decision.rule.startswith("budget:")  # a downgrade is served anyway
+        held = await self.hold(policy, caller, cost(routed.decision), check)
+        if isinstance(held, tuple):
+            facts = facts_of(routed.request, routed.headers, prompt)
+            later = replace(state, spent=held)
+            decision = decide(policy, routing.thresholds, facts, routed.assessment, later)
+            routed = replace(routed, decision=decision)  # decide raised if the budget rejects
+            held = await self.hold(policy, caller, cost(decision), check=False)
+        return replace(routed, hold=held) if isinstance(held, Hold) else routed
+
+    @asynccontextmanager
+    async def holding(self, hold: Hold | None, keep: bool = False) -> AsyncIterator[None]:
+        """Give `hold` back if the block fails, or when it ends without charging it (unless
+        `keep`: a stream that opened is charged when it ends)."""
+        try:
+            yield
+        except BaseException:
+            await self.release(hold)
+            raise
+        if not keep:
+            await self.release(hold)
+
+    async def release(self, hold: Hold | None) -> None:
+        """Give back the hold of a request that was not charged (failed, or a cache hit)."""
+        if hold is not None and self._open.pop(hold.token, None) is not None:
+            await self.ledger.release(hold)
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
         """Count a routed request toward the share window and its alias's live calibration,
@@ -165,12 +237,16 @@ class Controls:
         cost_usd: float,
         total_ms: float | None,
         ttft_ms: float | None = None,
+        hold: Hold | None = None,
     ) -> None:
-        """Record what an answer cost, and how fast its tier was (`total_ms` None: an answer
-        cut short, which says nothing about its tier's speed)."""
-        scopes = [scope for scope, _ in budget_scopes(policy, caller)]
-        if scopes and cost_usd > 0:
-            await self.ledger.add(scopes, cost_usd, self.now())
+        """Record what an answer cost in place of its hold, and how fast its tier was
+        (`total_ms` None: an answer cut short, which says nothing about its tier's speed)."""
+        if hold is not None and self._open.pop(hold.token, None) is not None:
+            await self.ledger.settle(hold, cost_usd, self.now())
+        else:
+            scopes = [scope for scope, _ in budget_scopes(policy, caller)]
+            if scopes and cost_usd > 0:
+                await self.ledger.add(scopes, cost_usd, self.now())
         tier = policy.tiers.get(decision.tier)
         if policy.learn_latency and tier is not None and total_ms is not None:
             self.latency.observe(
@@ -187,18 +263,18 @@ class Controls:
 
 
 def open_controls(
-    redis_url: str | None, environ: Mapping[str, str], namespace: str = ""
+    redis: str | Store | None, environ: Mapping[str, str], namespace: str = ""
 ) -> Controls:
-    """Redis-backed ledger, share window and live-calibration window when a URL is configured,
-    else in-process ones.
-    `namespace` (the upstream set, router/routing/routed.py) keeps each upstream's spend and
-    share apart in a shared Redis."""
-    if not redis_url:
+    """Redis-backed ledger, share window and live-calibration window when Redis is configured
+    (a URL, or the store the rate limiter shares), else in-process ones. `namespace` (the
+    upstream set, router/routing/routed.py) keeps each upstream's spend and share apart in a
+    shared Redis."""
+    shared = open_store(redis) if isinstance(redis, str) else redis
+    if shared is None:
         return Controls(environ=environ)
-    client = store.connect(redis_url)
     return Controls(
-        ledger=RedisLedger(client, namespace=namespace),
-        shares=RedisShareWindow(client, namespace=namespace),
-        calibration=LiveCalibration(RedisScoreWindow(client, namespace=namespace)),
+        ledger=RedisLedger(shared, namespace=namespace),
+        shares=RedisShareWindow(shared, namespace=namespace),
+        calibration=LiveCalibration(RedisScoreWindow(shared, namespace=namespace)),
         environ=environ,
     )

@@ -1,13 +1,16 @@
-"""The rate limiter's counters: integers that expire, in process or in Redis. Does I/O (Redis)."""
+"""The rate limiter's counters: integers that expire, in process or in Redis. Does I/O (Redis).
+
+While Redis is unreachable (router/state/store.py's breaker) each process counts in its own
+memory, so a key's limit holds per process; the windows are a minute, nothing to reconcile.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from router.state.store import FAILURES, PREFIX, Client, Outage
+from router.state.store import PREFIX, Client, Store, StoreDown
 
 
 class Counter(Protocol):
@@ -53,31 +56,31 @@ class MemoryCounter:
 class RedisCounter:
     """The rate limiter's counters: INCRBY with an expiry, one round trip per call."""
 
-    def __init__(self, client: Client, log: logging.Logger | None = None) -> None:
-        self._client = client
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._fallback = MemoryCounter()
-        self._outage = Outage("rate limits", log or logging.getLogger("flashpro.store"))
 
     async def add(self, key: str, amount: int, ttl_s: int) -> int:
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
+        async def incr(client: Client) -> int:
+            async with client.pipeline(transaction=True) as pipe:
                 pipe.incrby(f"{PREFIX}:rate:{key}", amount)
                 pipe.expire(f"{PREFIX}:rate:{key}", ttl_s)
                 total, _ = await pipe.execute()
-        except FAILURES as exc:
-            self._outage.failed(exc)
+            return int(total)
+
+        try:
+            return await self._store.call(incr)
+        except StoreDown:
             return await self._fallback.add(key, amount, ttl_s)
-        self._outage.ok()
-        return int(total)
 
     async def get(self, key: str) -> int:
+        async def read(client: Client) -> int:
+            return int(await client.get(f"{PREFIX}:rate:{key}") or 0)
+
         try:
-            value = await self._client.get(f"{PREFIX}:rate:{key}")
-        except FAILURES as exc:
-            self._outage.failed(exc)
+            return await self._store.call(read)
+        except StoreDown:
             return await self._fallback.get(key)
-        self._outage.ok()
-        return int(value or 0)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._store.aclose()

@@ -13,8 +13,8 @@ from router.errors import InvalidRequest, RateLimited
 from router.routing.limits import RequestLimits
 from router.routing.policy import Policy
 from router.schemas import ChatRequest
-from router.state import store
 from router.state.counter import Counter, MemoryCounter, RedisCounter
+from router.state.store import Store, open_store
 
 WINDOW_S = 60
 ANONYMOUS = "anonymous"  # the scope of requests without a bearer key (an open proxy)
@@ -92,8 +92,8 @@ def _limited(what: str, retry_after: int) -> RateLimited:
     )
 
 
-def open_rate_limiter(redis_url: str | None) -> RateLimiter:
-    """Counters in Redis when a URL is configured (shared by every process), else in memory."""
-    if not redis_url:
-        return RateLimiter()
-    return RateLimiter(RedisCounter(store.connect(redis_url)))
+def open_rate_limiter(redis: str | Store | None) -> RateLimiter:
+    """Counters in Redis when it is configured (a URL, or the store the budgets share), shared
+    by every process, else in memory."""
+    shared = open_store(redis) if isinstance(redis, str) else redis
+    return RateLimiter(RedisCounter(shared)) if shared is not None else RateLimiter()

@@ -1,13 +1,16 @@
 """The strong-tier share window: requests, and those at the cap's tier or above, over a window;
-in process or in Redis. Does I/O (Redis)."""
+in process or in Redis. Does I/O (Redis).
+
+While Redis is unreachable (router/state/store.py's breaker) each process counts in its own
+memory; the window then forgets those requests when it slides past them.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import Protocol
 
-from router.state.store import FAILURES, PREFIX, Client, Outage
+from router.state.store import PREFIX, Client, Store, StoreDown
 
 
 class ShareWindow(Protocol):
@@ -42,13 +45,10 @@ class RedisShareWindow:
 
     BUCKETS = 30
 
-    def __init__(
-        self, client: Client, log: logging.Logger | None = None, namespace: str = ""
-    ) -> None:
+    def __init__(self, store: Store, namespace: str = "") -> None:
         self._prefix = f"{PREFIX}:share:{namespace}" if namespace else f"{PREFIX}:share"
-        self._client = client
+        self._store = store
         self._fallback = MemoryShareWindow()
-        self._outage = Outage("share window", log or logging.getLogger("flashpro.store"))
 
     def _bucket(self, window_s: int, now: float) -> tuple[int, int]:
         width = max(1, window_s // self.BUCKETS)
@@ -58,15 +58,17 @@ class RedisShareWindow:
         width, current = self._bucket(window_s, now)
         count = max(1, window_s // width)
         keys = [f"{self._prefix}:{window_s}:{b}" for b in range(current - count + 1, current + 1)]
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
+
+        async def read(client: Client) -> list[list[bytes | None]]:
+            async with client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hmget(key, ["total", "strong"])
-                rows = await pipe.execute()
-        except FAILURES as exc:
-            self._outage.failed(exc)
+                return list(await pipe.execute())
+
+        try:
+            rows = await self._store.call(read)
+        except StoreDown:
             return await self._fallback.share(window_s, now)
-        self._outage.ok()
         total = sum(int(t or 0) for t, _ in rows)
         strong = sum(int(s or 0) for _, s in rows)
         return strong / total if total else None
@@ -74,14 +76,15 @@ class RedisShareWindow:
     async def add(self, strong: bool, window_s: int, now: float) -> None:
         width, current = self._bucket(window_s, now)
         key = f"{self._prefix}:{window_s}:{current}"
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
+
+        async def count(client: Client) -> None:
+            async with client.pipeline(transaction=True) as pipe:
                 pipe.hincrby(key, "total", 1)
                 pipe.hincrby(key, "strong", int(strong))
                 pipe.expire(key, window_s + 2 * width)
                 await pipe.execute()
-        except FAILURES as exc:
-            self._outage.failed(exc)
+
+        try:
+            await self._store.call(count)
+        except StoreDown:
             await self._fallback.add(strong, window_s, now)
-            return
-        self._outage.ok()
