@@ -3,6 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 DATA ?= ../shared/data/routing
+HARD ?= ../shared/data/difficulty
+# prompts of known difficulty: the shared families plus the two anchor sets kept in data/
+DIFFICULTY := $(HARD)/math_train.jsonl $(HARD)/leetcode.jsonl $(HARD)/arena_bench.jsonl \
+	data/everyday.jsonl data/expert.jsonl
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
 .PHONY: setup redis chromium test lint typecheck check format serve classifier eval bench schema soak
@@ -45,10 +49,12 @@ serve: setup
 schema: setup
 	$(BIN)/flashpro policy schema --out policies/policy.schema.json
 
+# Rebuilds the shipped artifact (deterministic), then prints the routing table on the routing dev
+# split and the difficulty table on the 20% of each difficulty file that training never sees.
 classifier: setup
-	$(BIN)/flashpro train --data $(DATA)/train.jsonl --dev $(DATA)/dev.jsonl \
+	$(BIN)/flashpro train --data $(DATA)/train.jsonl --difficulty $(DIFFICULTY) \
 	    --out router/data/classifier.npz --sources mmlu,gsm8k,mt_bench
-	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl
+	$(BIN)/flashpro eval --data $(DATA)/dev.jsonl --difficulty $(DIFFICULTY) --holdout
 
 # Side by side: the upstream alone, flashpro (transports, workers, two processes behind nginx),
 # LiteLLM's proxy (from a benchmark-only venv, .bench-venv); installs wrk and nginx with apt-get

@@ -40,9 +40,17 @@ from router.state.ratelimit import open_rate_limiter
 from router.state.reasoning import open_reasoning
 from router.state.responses import open_response_store
 from router.state.store import open_store
+from router.upstream.client import ClientLimits
 from router.upstream.transport import open_upstream
 
 log = logging.getLogger("flashpro")
+
+
+def _client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        max_connections=settings.upstream_max_connections,
+        per_origin=settings.upstream_max_connections_per_origin,
+    )
 
 
 def build_deps(settings: Settings) -> Deps:
@@ -51,12 +59,12 @@ def build_deps(settings: Settings) -> Deps:
     classifier = load_classifier(settings.classifier)
     routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
     secrets = tuple(key for key in routing.keys.values() if key)
-    shared = open_store(settings.redis_url)  # budgets, share window and rate limits: one breaker
+    shared = open_store(settings.redis_url)  # the shared state behind one breaker (not the cache)
     return Deps(
         routing=routing,
         classifier=classifier,
-        upstream=open_upstream(settings.transport, secrets),
-        memory=open_reasoning(settings.redis_url),
+        upstream=open_upstream(settings.transport, secrets, _client_limits(settings)),
+        memory=open_reasoning(shared),
         api_base=settings.deepseek_api_base,
         anthropic_api_base=settings.deepseek_anthropic_api_base,
         cache=open_cache(settings.redis_url, policy.cache),

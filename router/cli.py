@@ -292,7 +292,7 @@ def run_policy_explain(args: argparse.Namespace) -> int:
 
 def run_route(args: argparse.Namespace) -> int:
     from router.errors import FlashproError
-    from router.routing.classify import load_classifier
+    from router.routing.classify import load_classifier, why
     from router.routing.decide import decide
     from router.routing.decision import facts_of
     from router.routing.routed import Routing
@@ -311,6 +311,8 @@ def run_route(args: argparse.Namespace) -> int:
     except FlashproError as exc:  # e.g. a model the policy does not know
         return _fail(exc.message)
     print(f"score      {assessment.score:.4f}  (reasoning-heavy: {assessment.reasoning})")
+    for line in why(assessment):
+        print(line)
     if decision.alias is not None:
         steps = routing.thresholds[decision.alias]
         shown = ", ".join(f"{tier}>={value:.4f}" for tier, value in steps.steps)

@@ -160,6 +160,11 @@ class UpstreamTimeout(FlashproError):
     default_code = "upstream_timeout"
 
 
+class UpstreamQueued(UpstreamTimeout):
+    """The upstream sent no answer by the first-byte deadline (it may be queueing the request:
+    DeepSeek sends keep-alives meanwhile); another tier may answer sooner."""
+
+
 class UpstreamError(FlashproError):
     status = 502
     type = "upstream_error"
@@ -193,6 +198,12 @@ class ServiceUnavailable(FlashproError):
     status = 503
     type = "server_error"
     default_code = "service_unavailable"
+
+
+class UpstreamBusy(ServiceUnavailable):
+    """Every connection flashpro may open to the upstream is in use (its own limit)."""
+
+    default_code = "upstream_busy"
 
 
 def internal_error(request_id: str) -> FlashproError:

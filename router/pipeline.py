@@ -275,20 +275,30 @@ async def _charge(
     await deps.rates.used(limits_for(policy, routed.caller.group), routed.caller.key, tokens)
 
 
-async def complete(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> Answer:
+Gone = Callable[[], bool]  # after a cancellation: did the client leave (else: a shutdown)?
+Waiting = Callable[[], Awaitable[None]]  # the upstream said it is still queueing the request
+
+
+def _client_left() -> bool:
+    return True
+
+
+async def complete(
+    deps: Deps, routed: Routed, plan: CachePlan = BYPASS, gone: Gone = _client_left
+) -> Answer:
     """A whole answer: from the cache if it has one, else from the upstream (coalesced)."""
     async with deps.controls.holding(routed.hold):  # settled by the charge, else given back
         if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
             return _cached(deps, routed, entry)
         if not plan.coalesce:
-            return await _call(deps, routed, plan)
+            return await _call(deps, routed, plan, gone)
         async with deps.cache.turn(plan) as entry:
             if entry is not None:
                 return _cached(deps, routed, entry)
-            return await _call(deps, routed, plan)
+            return await _call(deps, routed, plan, gone)
 
 
-async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
+async def _call(deps: Deps, routed: Routed, plan: CachePlan, gone: Gone) -> Answer:
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
@@ -300,7 +310,11 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan) -> Answer:
         finally:
             release()
 
-    completion, routed, trail = await resilient(deps, routed, call)
+    try:
+        completion, routed, trail = await resilient(deps, routed, call)
+    except asyncio.CancelledError:
+        await _abandoned(deps, routed, plan, gone)
+        raise
     await deps.memory.remember(_namespace(deps, routed), completion.body)
     cost = price(deps, routed.decision, completion.usage, routed.routing)
     await _answered(deps, routed, completion.usage, cost, started, None, plan.status)
@@ -398,9 +412,16 @@ def _produced_by(decision: Decision, entry: Entry) -> Decision:
     return replace(decision, tier=entry.tier, model=entry.model, reason=reason)
 
 
-async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> StreamAnswer:
+async def open_stream(
+    deps: Deps,
+    routed: Routed,
+    plan: CachePlan = BYPASS,
+    waiting: Waiting | None = None,
+    gone: Gone = _client_left,
+) -> StreamAnswer:
     """Replay a cached answer, or open the upstream stream and wait for its first chunk (so
-    failures surface as a status). Streams are not coalesced: see router/state/cache.py."""
+    failures surface as a status, unless `waiting` committed the answer when the upstream said
+    it was queueing the request). Streams are not coalesced: see router/state/cache.py."""
     if plan.read and (entry := await deps.cache.lookup(plan.keys)) is not None:
         await deps.controls.release(routed.hold)
         wire = format_of(routed)
@@ -409,27 +430,45 @@ async def open_stream(deps: Deps, routed: Routed, plan: CachePlan = BYPASS) -> S
         _observe_hit(deps, routed, entry, decision)
         return StreamAnswer(decision, replay, "hit", entry.cost_usd)
     started = time.monotonic()
-    async with deps.controls.holding(routed.hold, keep=True):  # the stream's end settles it
-        opening = await resilient(deps, routed, partial(_first_chunk, deps))
+    try:
+        async with deps.controls.holding(routed.hold, keep=True):  # the stream's end settles it
+            opening = await resilient(deps, routed, partial(_first_chunk, deps, waiting=waiting))
+    except asyncio.CancelledError:
+        await _abandoned(deps, routed, plan, gone)
+        raise
     (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
-    relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()))
+    relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()), gone)
     return StreamAnswer(routed.decision, relay, plan.status, trail=trail)
 
 
-async def _first_chunk(deps: Deps, routed: Routed) -> tuple[Chunk, AsyncIterator[Chunk]]:
-    """Open the upstream stream and wait for its first chunk, so failures surface here; the
-    stream holds its concurrency slot until it ends."""
+async def _first_chunk(
+    deps: Deps, routed: Routed, waiting: Waiting | None = None
+) -> tuple[Chunk, AsyncIterator[Chunk]]:
+    """Open the upstream stream and wait for its first chunk, so failures surface here (the
+    upstream's keep-alives meanwhile go to `waiting`); the stream holds its concurrency slot
+    until it ends."""
     release = await _slot(deps, routed)
+    chunks: AsyncIterator[Chunk] | None = None
     try:
         chunks = await deps.upstream.stream(await upstream_call(deps, routed))
-        first = await anext(chunks)
+        while (first := await anext(chunks)).keep_alive:
+            if waiting is not None:
+                await waiting()
     except BaseException as exc:
         release()
+        if chunks is not None:
+            await _close(chunks)
         if isinstance(exc, StopAsyncIteration):
             raise UpstreamError("The upstream ended the stream before sending anything.") from None
         raise _named(deps, routed, exc)  # noqa: B904
     return first, Held(chunks, release)
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -444,6 +483,7 @@ async def _relay(
     first: Chunk,
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
+    gone: Gone = _client_left,
 ) -> AsyncIterator[dict[str, Any]]:
     """Relay chunks as the client's format has them, assembling the answer as it goes."""
     wire = format_of(routed)
@@ -451,17 +491,16 @@ async def _relay(
     try:
         chunk: Chunk | None = first
         while chunk is not None:
-            assembler.add(chunk.data)
-            data = wire.for_client(chunk.data, routed)
-            if data is not None:
-                yield data
+            if not chunk.keep_alive:  # keep-alives are passed on only before the first chunk
+                assembler.add(chunk.data)
+                data = wire.for_client(chunk.data, routed)
+                if data is not None:
+                    yield data
             chunk = await anext(rest, None)
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close(rest)
         if not assembler.finished:
-            await _cut(deps, routed, plan, assembler, sys.exc_info()[1])
+            await _cut(deps, routed, plan, assembler, sys.exc_info()[1], gone)
     if assembler.finished:  # not after a client disconnect or an upstream drop
         body = assembler.body()
         await deps.memory.remember(_namespace(deps, routed), body)
@@ -478,13 +517,32 @@ async def _cut(
     plan: CachePlan,
     assembler: Assembler,
     cause: BaseException | None,
+    gone: Gone = _client_left,
 ) -> None:
-    """A stream that ended early still counts: the client left (499) or the upstream broke
-    (502). DeepSeek bills what it generated, so the tokens streamed so far (estimated at four
-    characters a token, reasoning included) are priced and charged to the budgets and rates."""
-    left = isinstance(cause, GeneratorExit | asyncio.CancelledError)
-    status, error = (499, "client_disconnected") if left else (502, "upstream_interrupted")
+    """A stream that ended early still counts: the client left (499), the server shut down
+    (503) or the upstream broke (502). DeepSeek bills what it generated, so the prompt and the
+    tokens streamed so far (estimated at four characters a token, reasoning included) are
+    priced and charged to the budgets and rates."""
+    if isinstance(cause, GeneratorExit | asyncio.CancelledError):
+        status, error = _stopped(gone)
+    else:
+        status, error = 502, "upstream_interrupted"
     usage = assembler.reported_usage() or _estimated(routed, assembler)
+    cost = price(deps, routed.decision, usage, routed.routing)
+    observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
+    await _charge(deps, routed, usage, cost, None)
+
+
+def _stopped(gone: Gone) -> tuple[int, str]:
+    """A cancelled request: the client left, or the server is shutting down."""
+    return (499, "client_disconnected") if gone() else (503, "shutdown")
+
+
+async def _abandoned(deps: Deps, routed: Routed, plan: CachePlan, gone: Gone) -> None:
+    """The request was cancelled while the upstream worked on it (nothing streamed yet): it
+    is charged as a stream cut at that point would be, the prompt (estimated) and no output."""
+    status, error = _stopped(gone)
+    usage = Usage(prompt_tokens=routed.assessment.prompt_tokens)
     cost = price(deps, routed.decision, usage, routed.routing)
     observe(deps, routed, status=status, error=error, cache=plan.status, usage=usage, cost=cost)
     await _charge(deps, routed, usage, cost, None)

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     )
     transport: Literal["direct", "litellm"] = Field(
         default="direct",
-        description="How deepseek/ models are called: flashpro's own HTTP client (direct) or "
-        "litellm; other providers always go through litellm. See router/upstream/transport.py.",
+        description="How deepseek/ models are called: flashpro's direct transport over aiohttp "
+        "or litellm; other providers always go through litellm. See router/upstream/transport.py.",
+    )
+    upstream_max_connections: int = Field(
+        default=4096, ge=1, description="Connections the direct transport may open in all."
+    )
+    upstream_max_connections_per_origin: int = Field(
+        default=2048, ge=1, description="Connections the direct transport may open to one origin."
     )

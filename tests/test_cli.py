@@ -50,7 +50,8 @@ def test_serve_simulate_answers_the_openai_sdk() -> None:
         )
         assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
         running.process.terminate()
-        output = running.process.communicate(timeout=15)[0]
+        running.process.wait(timeout=60)
+        output = running.output()
     assert "SIMULATED UPSTREAM" in output and "--simulate-speed 1" in output
     # which policy runs, and how to run the file a user may be editing
     assert "policy: the default embedded in the package" in output
@@ -60,8 +61,9 @@ def test_serve_simulate_answers_the_openai_sdk() -> None:
 def test_route_command_explains_a_decision(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route", "Prove that there are infinitely many primes."]) == 0
     out = capsys.readouterr().out
-    for label in ("score", "thresholds", "tier", "rule", "reason"):
+    for label in ("score", "difficulty", "gain", "why", "thresholds", "tier", "rule", "reason"):
         assert label in out
+    assert "asks for a proof" in out
     assert main(["route", "--model", "pro", "hi"]) == 0
     assert "pinned:pro" in capsys.readouterr().out
 

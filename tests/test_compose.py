@@ -47,6 +47,7 @@ def test_simulated_profile_needs_no_real_key() -> None:
     services = compose()["services"]
     sim = services["flashpro-sim"]
     assert sim["environment"]["DEEPSEEK_API_BASE"] == "http://simulator:9000"
+    assert sim["environment"]["DEEPSEEK_ANTHROPIC_API_BASE"] == "http://simulator:9000/anthropic"
     assert "9000" in " ".join(services["simulator"]["command"])
     assert services["simulator"]["healthcheck"]["test"]
 

@@ -397,6 +397,7 @@ def test_models_route_and_health_endpoints(flashpro: str) -> None:
     decision = route.json()
     assert decision["tier"] == route.headers["x-flashpro-tier"]
     assert decision["rule"] and decision["reason"] and 0 <= decision["score"] <= 1
+    assert {"difficulty", "gain", "reasons"} <= set(decision)
 
     assert httpx.get(flashpro + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(flashpro + "/readyz")

@@ -88,3 +88,31 @@ def test_lenient_labels_train_while_published_labels_evaluate(tmp_path: Path) ->
     }
     row = row_from_json(json.loads(json.dumps(obj)))
     assert (row.strong, row.weak, row.gain) == (0.0, 1.0, 0.0)
+
+
+def test_family_report_scores_each_family_beside_prompt_length() -> None:
+    from router.offline.difficulty import difficulty_row, family_reports
+
+    objs = (
+        [
+            {"id": f"m{i}", "source": "math", "prompt": "x" * (10 + i % 3), "level": 1 + i % 5}
+            for i in range(50)
+        ]
+        + [
+            {"id": f"a{i}", "source": "arena_bench", "prompt": "y" * 10, "difficulty": i / 30}
+            for i in range(30)
+        ]
+        + [{"id": f"s{i}", "source": "science", "prompt": "z", "hard": i % 2} for i in range(20)]
+    )
+    rows = [difficulty_row(o) for o in objs]
+    scores = [
+        float(o.get("level", 0)) + float(o.get("difficulty", 0)) + float(o.get("hard", 0))
+        for o in objs
+    ]
+    reports = {r.source: r for r in family_reports(rows, scores)}
+    assert reports["math"].metric == "spearman" and reports["math"].model == pytest.approx(1.0)
+    assert reports["math"].meets_target() is True
+    assert reports["arena_bench"].metric == "auc" and reports["arena_bench"].model == 1.0
+    assert reports["arena_bench"].spearman_model == pytest.approx(1.0)
+    assert reports["science"].model == 1.0 and reports["science"].length == 0.5
+    assert reports["science"].meets_target() is None

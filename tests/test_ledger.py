@@ -65,7 +65,7 @@ async def test_holds_in_flight_count_against_the_budget_in_every_process(
     assert await two.spent(["total"], NOW) == [(1.2, 1.2)]
     await one.settle(first, 0.1, NOW)  # the answer cost less than expected
     assert await two.spent(["total"], NOW) == [pytest.approx((0.7, 0.7))]
-    await two.release(second)  # the request failed: nothing is charged
+    await two.release(second, NOW)  # the request failed: nothing is charged
     assert await one.spent(["total"], NOW) == [pytest.approx((0.1, 0.1))]
     assert await two.reserve(claims, hold(0.5), NOW, check=True) is None
 

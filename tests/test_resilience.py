@@ -16,12 +16,15 @@ import pytest
 
 from router.app import build_deps
 from router.errors import (
+    ContextTooLong,
     FlashproError,
     InvalidRequest,
     ServiceUnavailable,
     UpstreamAuthFailed,
     UpstreamBalanceExhausted,
+    UpstreamBusy,
     UpstreamError,
+    UpstreamQueued,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamSaturated,
@@ -160,6 +163,60 @@ def test_client_errors_are_not_retried(error: FlashproError) -> None:
     with pytest.raises(type(error)):
         run(Resilience().call(fast_policy(), decision(), script))
     assert script.calls == ["pro-max"]
+
+
+DETERMINISTIC: list[FlashproError] = [
+    UpstreamRejected("bad", status=400),
+    UpstreamRejected("no such model", status=404),
+    UpstreamRejected("too large", status=413),
+    UpstreamRejected("bad parameter", status=422),
+    ContextTooLong("long"),
+]
+HEALTH: list[FlashproError] = [
+    UpstreamError("500"),
+    UpstreamTimeout("late"),
+    UpstreamRateLimited("429"),
+    UpstreamError("connection reset"),
+]
+
+
+def test_only_failures_that_say_something_of_the_tiers_health_open_its_breaker() -> None:
+    clock = Clock()
+    policy = fast_policy(breaker=Breaker(failures=2, open_seconds=30), fallbacks={})
+    resilience = Resilience(clock, clock.sleep)
+    for error in DETERMINISTIC * 3:  # a client sending bad requests again and again
+        with pytest.raises(type(error)):
+            run(resilience.call(policy, decision("pro"), Script({"pro": [error]})))
+    assert resilience.circuit("pro").state == "closed"
+    healthy = Script({})
+    assert run(resilience.call(policy, decision("pro"), healthy))[0] == "answer from pro"
+    for error in HEALTH:
+        fresh = Resilience(clock, clock.sleep)
+        with pytest.raises(type(error)):
+            run(fresh.call(policy, decision("pro"), Script({"pro": [error, error]})))
+        assert fresh.circuit("pro").state == "open", error
+
+
+def test_a_queued_tier_falls_back_without_a_retry() -> None:
+    clock = Clock()
+    script = Script({"pro-max": [UpstreamQueued("no first byte"), UpstreamQueued("again")]})
+    value, _, trail = run(Resilience(clock, clock.sleep).call(fast_policy(), decision(), script))
+    assert value == "answer from pro" and script.calls == ["pro-max", "pro"]
+    assert clock.slept == [] and trail == Trail(2, "pro-max->pro (upstream_timeout)")
+
+
+def test_a_full_connection_pool_is_raised_at_once_and_counts_for_nothing() -> None:
+    clock = Clock()
+    policy = fast_policy(breaker=Breaker(failures=1, open_seconds=5))
+    resilience = Resilience(clock, clock.sleep)
+    run(resilience.call(policy, decision("pro"), Script({"pro": [UpstreamError("down")]})))
+    clock.now += 10  # half-open: the next call is the probe
+    busy = Script({"pro": [UpstreamBusy("full", headers={"Retry-After": "1"})]})
+    with pytest.raises(UpstreamBusy):
+        run(resilience.call(policy, decision("pro"), busy))
+    assert busy.calls == ["pro"]
+    assert resilience.circuit("pro").state == "open"  # not probing: another call may probe
+    assert run(resilience.call(policy, decision("pro"), Script({})))[0] == "answer from pro"
 
 
 def test_when_every_tier_fails_the_last_error_is_raised() -> None:

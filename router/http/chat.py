@@ -36,6 +36,7 @@ from router.errors import (
     internal_error,
 )
 from router.http.body import MAX_JSON_DEPTH, loads
+from router.http.streaming import ClientLink, sse
 from router.pipeline import (
     Answer,
     Deps,
@@ -49,7 +50,7 @@ from router.pipeline import (
 from router.routing.decision import Decision
 from router.routing.routed import Routed
 from router.schemas import ChatRequest
-from router.state.cache import CacheStatus
+from router.state.cache import CachePlan, CacheStatus
 
 log = logging.getLogger("flashpro")
 M = TypeVar("M", bound=BaseModel)
@@ -62,8 +63,6 @@ Send = Callable[[Message], Awaitable[None]]
 CHAT_PATH = "/v1/chat/completions"
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _JSON = (b"content-type", b"application/json")
-_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
-_NO_CACHE = (b"cache-control", b"no-cache")
 _ids = itertools.count()
 _ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across workers
 
@@ -226,49 +225,21 @@ async def send_json(send: Send, status: int, body: Any, headers: Mapping[str, st
     await send({"type": "http.response.body", "body": data})
 
 
-async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """Server-sent events; an upstream failure mid-stream becomes an error event, then [DONE]."""
-    try:
-        async for data in chunks:
-            yield b"data: " + orjson.dumps(data) + b"\n\n"
-    except FlashproError as exc:
-        yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
-    yield b"data: [DONE]\n\n"
-
-
 async def send_stream(
     send: Send, receive: Receive, events: AsyncIterator[bytes], headers: Mapping[str, str]
 ) -> None:
-    """Write the events as they come; if the client disconnects, stop at once (the upstream
-    stream is closed and the request is observed as cut, status 499)."""
-    raw = [_SSE, _NO_CACHE, *_raw(headers)]
-    await send({"type": "http.response.start", "status": 200, "headers": raw})
-    task = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        if task is not None:
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
+    """Write the events as they come, for an edge that does not watch its client already: a
+    client that disconnects stops the stream at once (the upstream stream is closed and the
+    request is observed as cut, 499); a shutdown ends it with an error event."""
+    link = ClientLink(send, receive)
+    link.watch()
     try:
-        try:
-            async for event in events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        except Exception:  # the status is sent: end the body early, the client sees no [DONE]
-            log.exception("stream %s: unexpected error", headers.get("x-flashpro-request-id"))
-        await send({"type": "http.response.body", "body": b""})
+        await link.stream(events, headers)
     except asyncio.CancelledError:
-        if not gone:
-            raise  # a shutdown, not the client leaving
-        if task is not None:
-            task.uncancel()
+        if not link.left():
+            raise
     finally:
-        watcher.cancel()
+        link.close()
 
 
 @dataclass(slots=True)
@@ -280,6 +251,11 @@ class Exchange:
     request_id: str
     routed: Routed | None = None
     api: str = "chat"  # the front door, for metrics and logs
+    link: ClientLink | None = None  # the client, watched once its body is read
+
+    def gone(self) -> bool:
+        """After a cancellation: whether the client left (else the server is shutting down)."""
+        return self.link is not None and self.link.gone
 
 
 # How an edge renders an error: (the error, the request id) -> body. OpenAI's envelope unless
@@ -300,7 +276,8 @@ async def serve(
 ) -> None:
     """Run an edge's handler; a failure becomes one observation and one error in the edge's
     format, with `headers` added (the last-resort handler logs and answers a generic 500
-    without the cause)."""
+    without the cause). A client that disconnects cancels the handler (once it watches the
+    client): the pipeline records what it charged, and nothing more is sent."""
     deps, rid, api = exchange.deps, exchange.request_id, exchange.api
     out = {**(headers or {}), "x-flashpro-request-id": rid}
     try:
@@ -314,11 +291,39 @@ async def serve(
         observe(deps, exchange.routed, request_id=rid, status=exc.status, error=error, api=api)
         if exc.status >= 500:
             log.warning("request %s failed: %s", rid, exc.message)
-        await send_json(send, exc.status, error_body(exc, rid), {**exc.headers, **out})
+        await _failed(exchange, send, exc, error_body(exc, rid), {**exc.headers, **out})
+    except asyncio.CancelledError:
+        link = exchange.link
+        if link is None or not link.left():
+            raise  # the server is shutting down
+        if exchange.routed is None:  # else the pipeline recorded it, with what it charged
+            observe(deps, None, request_id=rid, status=499, error="client_disconnected", api=api)
     except Exception as exc:
         log.exception("request %s: unexpected error", rid, exc_info=exc)
         observe(deps, exchange.routed, request_id=rid, status=500, error="internal_error", api=api)
-        await send_json(send, 500, error_body(internal_error(rid), rid), out)
+        internal = internal_error(rid)
+        await _failed(exchange, send, internal, error_body(internal, rid), out)
+    finally:
+        if exchange.link is not None:
+            exchange.link.close()
+
+
+async def _failed(
+    exchange: Exchange,
+    send: Send,
+    error: FlashproError,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+) -> None:
+    """The error as a status, or as an event when a stream was committed already (the
+    upstream kept it queued, and the client got keep-alives)."""
+    link = exchange.link
+    if link is not None:
+        link.close()
+        if link.started:
+            await link.fail(error)
+            return
+    await send_json(send, error.status, body, headers)
 
 
 class ChatEndpoint:
@@ -348,13 +353,22 @@ class ChatEndpoint:
         if scope["method"] != "POST":
             raise MethodNotAllowed("Method Not Allowed: use POST", headers={"allow": "POST"})
         body = await read_body(receive, headers, self.max_body_bytes)
+        link = exchange.link = ClientLink(send, receive)
+        link.watch()  # from here on, a client that leaves cancels the work
         chat = self.intake.parse(body)
         routed = exchange.routed = await admit(deps, chat, headers, rid)
         plan = cache_plan(deps, routed, headers)
         if chat.stream:
-            opened = await open_stream(deps, routed, plan)
-            await send_stream(send, receive, sse(opened.chunks), answer_headers(opened, rid))
+            waiting = link.keep_alive(lambda: _routing_headers(routed, plan, rid))
+            opened = await open_stream(deps, routed, plan, waiting, exchange.gone)
+            await link.stream(sse(opened.chunks), answer_headers(opened, rid))
             return
-        answer = await complete(deps, routed, plan)
+        answer = await complete(deps, routed, plan, exchange.gone)
         out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
+        link.close()
         await send_json(send, 200, answer.body, out)
+
+
+def _routing_headers(routed: Routed, plan: CachePlan, rid: str) -> dict[str, str]:
+    """A stream's headers before it is known which tier will answer: the first one tried."""
+    return {**decision_headers(routed.decision, rid), "x-flashpro-cache": plan.status}

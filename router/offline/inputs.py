@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from router.routing.classify import LinearClassifier
+    from router.routing.classify import DifficultyClassifier
 
 
 class InputError(Exception):
@@ -74,7 +74,7 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def load_classifier_file(path: Path | None) -> LinearClassifier:
+def load_classifier_file(path: Path | None) -> DifficultyClassifier:
     """A classifier artifact (`--model`); None is the one shipped in the package."""
     from router.routing.classify import load_classifier
 

@@ -1,8 +1,21 @@
-"""Score how much a request needs a stronger tier: the `Classifier` interface and its implementations.
+"""Score how hard a request is and how much a stronger tier would gain: the `Classifier` interface.
 
-Pure, except `LinearClassifier.save` and `load_classifier`, which write and read the model
+Pure, except `DifficultyClassifier.save` and `load_classifier`, which write and read the model
 artifact (an NPZ of plain arrays plus a JSON header, read with `allow_pickle=False`). Scoring
-needs numpy only; the model is fitted by `router.train`, the one module that uses scikit-learn.
+needs numpy only; the model is fitted by `router.offline.train`, the one module that uses
+scikit-learn.
+
+Two linear heads read the same features (`router.routing.features`):
+
+* **difficulty**, on one absolute scale for every kind of request: about 0.05 for chit-chat and
+  look-ups, 0.3 for knowledge questions, 0.5 for an easy coding or math problem, 0.7 for a medium
+  one, 0.9 and above for proofs, olympiad problems, hard algorithms, systems design;
+* **gain**, how much the strong model's answer beats the weak one's (fitted to real outcomes).
+
+`Blend` makes them one score: the gain head, standardised, orders ordinary requests; once the
+difficulty head says a request is hard (above `knee`), difficulty lifts the score steeply
+(`slope`), so hard work outranks anything the gain head says about ordinary requests, and within
+hard work the order is the difficulty's. A logistic squash puts the result in [0, 1].
 """
 
 from __future__ import annotations
@@ -14,13 +27,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from operator import mul
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
 from router.routing.features import (
+    ALWAYS_PRESENT,
+    DENSE_LABELS,
+    DENSE_NAMES,
     FEATURES_VERSION,
     HASH_BUCKETS,
+    N_DENSE,
     N_FEATURES,
     Features,
     extract,
@@ -28,21 +45,32 @@ from router.routing.features import (
 )
 from router.schemas import ChatRequest
 
-ARTIFACT_FORMAT = "flashpro-linear-v1"
+ARTIFACT_FORMAT = "flashpro-two-heads-v1"
 SHIPPED_ARTIFACT = "data/classifier.npz"
-Link = Literal["logistic", "gain"]
 # Up to this many buckets, summing their weights one by one in Python beats numpy, whose fixed
 # cost per call (building an index array, gathering) is a few microseconds.
 _PYTHON_SUM_MAX = 48
+# Reasons: at most this many named features, each moving the difficulty by at least this much.
+_MAX_REASONS = 3
+_MIN_REASON = 0.02
+REASONING_DIFFICULTY = 0.6  # from here on a request counts as reasoning-heavy
+# A request that caps its answer this short leaves no room for a stronger tier's thinking (and
+# is what agents' background calls look like: titles, one-line summaries, topic checks): its
+# difficulty is lowered by SHORT_ANSWER_DISCOUNT.
+SHORT_ANSWER_TOKENS = 512
+SHORT_ANSWER_DISCOUNT = 0.3
 
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
     """What the classifier says about one request."""
 
-    score: float  # difficulty in [0, 1]; higher = more need for a stronger tier
+    score: float  # in [0, 1]; higher = more need for a stronger tier
     reasoning: bool  # math, proofs or hard code detected: candidates for max reasoning
     prompt_tokens: int  # estimated size of the whole prompt
+    difficulty: float | None = None  # difficulty head, absolute scale (see module docstring)
+    gain: float | None = None  # gain head: chance in [0, 1] that the strong tier answers better
+    reasons: tuple[str, ...] = ()  # the named features that moved the difficulty most, in words
 
 
 class Classifier(Protocol):
@@ -90,9 +118,17 @@ class Calibration:
             raise ValueError("calibration needs at least two non-decreasing quantiles")
 
     @classmethod
-    def from_scores(cls, scores: Sequence[float], points: int = 201) -> Calibration:
+    def from_scores(
+        cls, scores: Sequence[float], points: int = 201, weights: Sequence[float] | None = None
+    ) -> Calibration:
+        """Quantiles of `scores`, each counted with its weight (default: all alike)."""
+        s = np.asarray(scores, float)
+        w = np.ones_like(s) if weights is None else np.asarray(weights, float)
+        order = np.argsort(s, kind="stable")
+        s, w = s[order], w[order]
+        cumulative = (np.cumsum(w) - w / 2) / w.sum()  # mid-point of each score's weight
         levels = np.linspace(0.0, 1.0, points)
-        return cls(tuple(float(q) for q in np.quantile(np.asarray(scores, float), levels)))
+        return cls(tuple(float(q) for q in np.interp(levels, cumulative, s)))
 
     def _levels(self) -> np.ndarray:
         return np.linspace(0.0, 1.0, len(self.quantiles))
@@ -108,16 +144,12 @@ class Calibration:
 
 
 @dataclass(frozen=True)
-class LinearClassifier:
-    """A linear model over hashed features; scoring needs numpy only (no scikit-learn)."""
+class Head:
+    """One linear model over the features; scoring needs numpy only."""
 
     weights: np.ndarray  # float32, one per feature index (hashed buckets, then dense)
     bias: float
-    link: Link  # "logistic": sigmoid(margin); "gain": margin estimates strong - weak in [-1, 1]
-    calibration: Calibration
-    info: Mapping[str, str | float] = field(default_factory=dict)
-    # `weights` read from Python, to score one request without numpy's per-call cost: a view of
-    # the whole array, and the dense part as a tuple.
+    # `weights` read from Python, to score one request without numpy's per-call cost.
     _weight_of: memoryview[float] = field(init=False, repr=False, compare=False)
     _dense_weights: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
@@ -131,88 +163,218 @@ class LinearClassifier:
         object.__setattr__(self, "_weight_of", weight_of)
         object.__setattr__(self, "_dense_weights", tuple(weight_of[HASH_BUCKETS:].tolist()))
 
-    def margin(self, features: Features) -> float:
-        """Weights times features plus bias; the buckets share one value, applied once."""
+    def hashed(self, features: Features) -> float:
+        """The hashed words' and pairs' part of the margin."""
         buckets = features.buckets
         if len(buckets) <= _PYTHON_SUM_MAX:
-            hashed = sum(map(self._weight_of.__getitem__, buckets))
+            total: float = sum(map(self._weight_of.__getitem__, buckets))
         else:
             index = np.fromiter(buckets, np.intp, len(buckets))
-            hashed = float(self.weights[index].sum(dtype=np.float64))
+            total = float(self.weights[index].sum(dtype=np.float64))
+        return total * features.bucket_value
+
+    def margin(self, features: Features) -> float:
+        """Weights times features plus bias; the buckets share one value, applied once."""
         dense: float = sum(map(mul, self._dense_weights, features.dense))
-        return hashed * features.bucket_value + dense + self.bias
+        return self.hashed(features) + dense + self.bias
+
+    def dense_parts(self, features: Features, reference: Sequence[float]) -> list[float]:
+        """What each dense feature adds to the margin compared with the reference request."""
+        weights, values = self._dense_weights, features.dense
+        return [w * (x - r) for w, x, r in zip(weights, values, reference, strict=True)]
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How the two heads make one score (module docstring).
+
+    s = (gain margin - gain_mean) / gain_std + slope * max(0, difficulty - knee)
+        + low_slope * min(0, difficulty - knee); score = sigmoid((s - center) / temperature).
+    """
+
+    gain_mean: float
+    gain_std: float
+    knee: float
+    slope: float
+    low_slope: float
+    center: float = 0.0
+    temperature: float = 1.0
+
+    def raw(self, difficulty: float, gain_margin: float) -> float:
+        over = difficulty - self.knee
+        lift = self.slope * over if over > 0 else self.low_slope * over
+        return (gain_margin - self.gain_mean) / self.gain_std + lift
+
+    def score(self, difficulty: float, gain_margin: float) -> float:
+        z = (self.raw(difficulty, gain_margin) - self.center) / self.temperature
+        return 1.0 / (1.0 + math.exp(-min(max(z, -60.0), 60.0)))
+
+    def as_array(self) -> np.ndarray:
+        return np.array(
+            [
+                self.gain_mean,
+                self.gain_std,
+                self.knee,
+                self.slope,
+                self.low_slope,
+                self.center,
+                self.temperature,
+            ]
+        )
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> Blend:
+        return cls(*(float(v) for v in values))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(x, -60.0), 60.0)))
+
+
+@dataclass(frozen=True)
+class DifficultyClassifier:
+    """The difficulty and gain heads, their blend and the calibration of the blended score."""
+
+    difficulty: Head
+    gain: Head
+    blend: Blend
+    calibration: Calibration
+    reference: tuple[float, ...] = (0.0,) * N_DENSE  # mean dense features of calibration traffic
+    info: Mapping[str, str | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.reference) != N_DENSE:
+            raise ValueError(f"expected {N_DENSE} reference values, got {len(self.reference)}")
+
+    def parts(self, features: Features) -> tuple[float, float]:
+        """(difficulty, gain margin) of the features."""
+        return self.difficulty.margin(features), self.gain.margin(features)
 
     def score_features(self, features: Features) -> float:
-        m = self.margin(features)
-        if self.link == "logistic":
-            return 1.0 / (1.0 + math.exp(-min(max(m, -60.0), 60.0)))
-        return min(max((m + 1.0) / 2.0, 0.0), 1.0)
+        return self.blend.score(*self.parts(features))
 
     def threshold_for_share(self, share: float) -> float:
         return self.calibration.threshold_for_share(share)
 
+    def reasons(self, features: Features) -> tuple[str, ...]:
+        """The named features that moved the difficulty most against typical traffic, in words."""
+        parts = self.difficulty.dense_parts(features, self.reference)
+        present = [
+            j
+            for j in range(N_DENSE)
+            if abs(parts[j]) >= _MIN_REASON
+            and (features.dense[j] != 0.0 or DENSE_NAMES[j] in ALWAYS_PRESENT)
+        ]
+        ranked = sorted(present, key=lambda j: -abs(parts[j]))[:_MAX_REASONS]
+        return tuple(
+            f"{DENSE_LABELS[DENSE_NAMES[j]][0 if parts[j] > 0 else 1]} {parts[j]:+.2f}"
+            for j in ranked
+        )
+
     def assess(self, request: ChatRequest) -> Assessment:
         features = extract(request)
+        difficulty, gain = self.parts(features)
+        reasons = self.reasons(features)
+        limit = request.output_limit()
+        if limit is not None and limit <= SHORT_ANSWER_TOKENS:
+            difficulty -= SHORT_ANSWER_DISCOUNT
+            reasons = (f"short answer asked ({limit} tokens) {-SHORT_ANSWER_DISCOUNT:+.2f}",)
+            reasons += self.reasons(features)[: _MAX_REASONS - 1]
         return Assessment(
-            self.score_features(features),
-            needs_reasoning(features),
+            self.blend.score(difficulty, gain),
+            needs_reasoning(features, difficulty),
             _token_estimate(features.prompt_chars, len(request.messages)),
+            difficulty,
+            _sigmoid(gain),
+            reasons,
         )
 
     def save(self, path: Path) -> None:
         """Write the artifact: an NPZ of plain arrays (no pickle), non-zero weights only."""
-        nonzero = np.flatnonzero(self.weights).astype(np.int32)
         meta = {
             "format": ARTIFACT_FORMAT,
             "features": FEATURES_VERSION,
             "n_features": N_FEATURES,
-            "link": self.link,
             "info": dict(self.info),
         }
+        arrays: dict[str, np.ndarray] = {
+            "blend": self.blend.as_array(),
+            "quantiles": np.array(self.calibration.quantiles),
+            "reference": np.array(self.reference),
+            "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
+        }
+        for name, head in (("difficulty", self.difficulty), ("gain", self.gain)):
+            nonzero = np.flatnonzero(head.weights).astype(np.int32)
+            arrays[f"{name}_index"] = nonzero
+            arrays[f"{name}_weight"] = head.weights[nonzero].astype(np.float32)
+            arrays[f"{name}_bias"] = np.array([head.bias])
         with path.open("wb") as out:
-            np.savez_compressed(
-                out,
-                index=nonzero,
-                weight=self.weights[nonzero].astype(np.float32),
-                bias=np.array([self.bias]),
-                quantiles=np.array(self.calibration.quantiles),
-                meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
-            )
+            np.savez_compressed(out, allow_pickle=False, **arrays)
 
 
-def needs_reasoning(features: Features) -> bool:
-    """Math, proofs or non-trivial code: requests where a max-reasoning tier may pay off."""
+def difficulty_words(difficulty: float) -> str:
+    """The difficulty scale in words (module docstring)."""
+    for bound, words in ((0.2, "trivial"), (0.4, "easy"), (0.6, "moderate"), (0.8, "hard")):
+        if difficulty < bound:
+            return words
+    return "very hard"
+
+
+def why(assessment: Assessment) -> list[str]:
+    """The assessment's parts and reasons as lines of text (for `flashpro route`)."""
+    lines = []
+    if assessment.difficulty is not None:
+        lines.append(
+            f"difficulty {assessment.difficulty:.2f}    ({difficulty_words(assessment.difficulty)})"
+        )
+    if assessment.gain is not None:
+        lines.append(
+            f"gain       {assessment.gain:.2f}    (chance the stronger tier answers better)"
+        )
+    if assessment.reasons:
+        lines.append(f"why        {'; '.join(assessment.reasons)}")
+    return lines
+
+
+def needs_reasoning(features: Features, difficulty: float) -> bool:
+    """Math, proofs or hard code: requests where a max-reasoning tier may pay off."""
     return (
-        features.proof_words > 0
-        or features.math_marks >= 3
-        or features.code_marks >= 2
-        or features.numbers >= 4
+        difficulty >= REASONING_DIFFICULTY
+        or features.cue("proof") > 0
+        or features.cue("math_notation") >= 3
     )
 
 
-def _read_artifact(stream: IO[bytes]) -> LinearClassifier:
+def _head(npz: Mapping[str, np.ndarray], name: str) -> Head:
+    weights = np.zeros(N_FEATURES, np.float32)
+    weights[npz[f"{name}_index"]] = npz[f"{name}_weight"]
+    return Head(weights, float(npz[f"{name}_bias"][0]))
+
+
+def _read_artifact(stream: IO[bytes]) -> DifficultyClassifier:
     with np.load(stream, allow_pickle=False) as npz:
         meta = json.loads(npz["meta"].tobytes().decode())
-        if meta.get("format") != ARTIFACT_FORMAT or meta.get("features") != FEATURES_VERSION:
+        if (
+            meta.get("format") != ARTIFACT_FORMAT
+            or meta.get("features") != FEATURES_VERSION
+            or meta.get("n_features") != N_FEATURES
+        ):
             raise ValueError(
                 f"artifact {meta.get('format')}/{meta.get('features')} does not match "
                 f"{ARTIFACT_FORMAT}/{FEATURES_VERSION}: retrain with `flashpro train`"
             )
-        if meta.get("link") not in ("logistic", "gain"):
-            raise ValueError(f"unknown link {meta.get('link')!r}")
-        weights = np.zeros(N_FEATURES, np.float32)
-        weights[npz["index"]] = npz["weight"]
-        return LinearClassifier(
-            weights=weights,
-            bias=float(npz["bias"][0]),
-            link=meta["link"],
+        return DifficultyClassifier(
+            difficulty=_head(npz, "difficulty"),
+            gain=_head(npz, "gain"),
+            blend=Blend.from_array(npz["blend"]),
             calibration=Calibration(tuple(float(q) for q in npz["quantiles"])),
+            reference=tuple(float(r) for r in npz["reference"]),
             info=meta.get("info", {}),
         )
 
 
-def load_classifier(path: Path | None = None) -> LinearClassifier:
-    """Load an artifact written by `LinearClassifier.save`; None loads the one shipped in the package."""
+def load_classifier(path: Path | None = None) -> DifficultyClassifier:
+    """Load an artifact written by `save`; None loads the one shipped in the package."""
     if path is not None:
         with path.open("rb") as stream:
             return _read_artifact(stream)

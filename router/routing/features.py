@@ -1,12 +1,19 @@
-"""Turn a whole chat request into a sparse feature vector for the difficulty classifier. Pure: no I/O.
+"""Turn a chat request into features for the difficulty classifier. Pure: no I/O.
 
-Every part of the request contributes, each read through a bounded window so that cost does not
-grow with the prompt: the head and tail of the last user message, the tail of the system prompt,
-the tails of a few earlier turns, and a capped slice of the tool definitions. Words and word
-bigrams are hashed (CRC-32, stable across processes) into `HASH_BUCKETS` buckets, namespaced by
-where they came from; a handful of handcrafted dense features (lengths, turns, code, math
-notation, multiple-choice layout, tools, JSON output) follow at `HASH_BUCKETS + j`.
-No prompt text is kept: only bucket numbers leave this module.
+Only the request's new work is read: the latest user message and the tool results that
+followed it. A long fixed system prompt, tool definitions and earlier turns are context that
+every call of a session repeats; they do not make "thanks!" harder. Text is read through bounded
+windows, so cost does not grow with the prompt.
+
+The text is normalised first, so wording that does not change difficulty does not change the
+features: lower case, a leading polite prefix ("please", "hi!", "can you") dropped, every number
+read as a token of its magnitude (up to four digits, or five and more), trailing
+punctuation dropped, blanks ignored. Words and word pairs are hashed (CRC-32, stable across
+processes) into `HASH_BUCKETS` buckets; the dense features (`DENSE_NAMES`: lengths, then named
+cues such as math notation, "prove", olympiad phrasing, constraints, code, concurrency and
+systems-design words) follow at `HASH_BUCKETS + j`.
+They carry most of the signal that generalises across kinds of prompt, and they give the score's
+reasons in words. No prompt text is kept: only bucket numbers and counts leave this module.
 """
 
 from __future__ import annotations
@@ -19,111 +26,170 @@ from itertools import repeat
 
 from router.schemas import ChatRequest, Message
 
-FEATURES_VERSION = "hash-words-v1"
-HASH_BITS = 20
+FEATURES_VERSION = "new-work-v2"
+HASH_BITS = 18
 HASH_BUCKETS = 1 << HASH_BITS
 _MASK = HASH_BUCKETS - 1
+# A pair's bucket is ((h1 * _PAIR_MIX) ^ h2) & _MASK for the buckets h1, h2 of its two words.
+_PAIR_MIX = 0x9E3779B1 & _MASK
 
 USER_HEAD_CHARS = 3000
 USER_TAIL_CHARS = 1000
-SYSTEM_CHARS = 1000
-HISTORY_TURNS = 4
-HISTORY_CHARS = 400
-TOOLS_CHARS = 1000
-SIGNAL_CHARS = 2000  # window for the regex-counted dense features
+TOOL_RESULT_CHARS = 1000  # the tail of each tool result after the latest user message
+TOOL_RESULTS = 4  # at most this many of them
+CUE_CHARS = 4000  # window the cues are counted in
 
-_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-# Tokens of lower-cased, digit-zeroed UTF-8: words, single punctuation marks, numbers (as runs
-# of 0), short runs of non-ASCII bytes (so CJK text still yields tokens). The match swallows the
-# blanks before its token (the group), so each search starts on a token instead of failing once
-# per blank.
-_TOKEN = re.compile(rb"\s*+([a-z]+|[^\sa-z0\x80-\xff]|0+|[\x80-\xff]{1,6})")
-# Numbers such as 12, 3.5 or 1,000 once digits are zeroed. `00*` rather than `0+`: a pattern
-# that opens with a literal byte lets the regex engine skip straight to the candidates.
-_NUMBER = re.compile(rb"00*(?:[.,]00*)?")
-# A multiple-choice line ("A. ...", "(b) ..."), found by the newline before it: the text is
-# searched with a newline put in front, so the first line has one too. Starting from a literal
-# byte is far cheaper than testing for a line start at every position. The blank after the
-# letter is only looked at, as it may be the newline that opens the next line.
-_CHOICE = re.compile(rb"\n[ \t]*\(?[A-Ha-h][.)](?=\s)")
-_MATH_BYTES = b"=^<>+*/\\$"
-_CODE_WORDS = frozenset((b"def", b"class", b"import", b"return", b"function", b"include", b"const"))
-_PROOF_WORDS = frozenset(
-    w.encode()
-    for w in [
-        "prove",
-        "proof",
-        "derive",
-        "theorem",
-        "lemma",
-        "integral",
-        "derivative",
-        "equation",
-        "algorithm",
-        "complexity",
-        "optimize",
-        "optimise",
-        "optimization",
-        "implement",
-        "debug",
-        "refactor",
-    ]
+# Tokens of normalised UTF-8: words, numbers (runs of 0 once digits are zeroed), single marks,
+# short runs of non-ASCII bytes (so CJK text still yields tokens). The match swallows the blanks
+# before its token (the group), so each search starts on a token.
+_TOKEN = re.compile(rb"\s*+([a-z]+|0+|[^\sa-z0\x80-\xff]|[\x80-\xff]{1,6})")
+_ZERO_RUN = re.compile(rb"00+")
+_POLITE = re.compile(
+    r"(?:[\s,.!:;-]*(?:please|pls|plz|kindly|hi|hello|hey|hiya|greetings|dear \w+|"
+    r"good (?:morning|afternoon|evening)|(?:can|could|would|will) you(?: please)?|"
+    r"i need you to|i want you to|i(?: would|'d) like you to|help me(?: to)?|quick question|"
+    r"thanks in advance)\b)+[\s,.!:;-]*"
 )
-_SIGNAL_WORDS = _CODE_WORDS | _PROOF_WORDS
-_MAX_TOOLS = 64
+_SEPARATOR = re.compile(rb"(?<=\d)[.,](?=\d)")  # 1,000.5 is one number
+_TRAILING = re.compile(r"[\s?.!,;:]+$")
 
-# Namespaces seed the CRC, so one word read in the system prompt and in the user message lands
-# in different buckets.
-_USER = zlib.crc32(b"u")
-_SYSTEM = zlib.crc32(b"s")
-_HISTORY = zlib.crc32(b"h")
-_TOOLS = zlib.crc32(b"t")
-# A pair's bucket is ((h1 * 0x9E3779B1) ^ h2) & _MASK for the CRCs h1, h2 of its two words. Only
-# the low HASH_BITS of each factor reach those bits, so the pair is computed from the words'
-# buckets and a masked multiplier: small ints, on CPython's fast path.
-_PAIR_MIX = 0x9E3779B1 & _MASK
+# Named cues: words and phrases looked up among the normalised words (one dict lookup per word,
+# pair and triple), phrases that count only at the start (what the request opens with), and
+# marks counted in the text. Order is the order of the dense features; labels are what reasons
+# print. Phrases are written as normalised words ("don't" is "don t", "lock-free" "lock free").
+_CUES: tuple[tuple[str, str], ...] = (
+    ("math_notation", "math notation"),
+    ("equations", "equations"),
+    ("proof", "asks for a proof"),
+    ("olympiad", "olympiad phrasing"),
+    ("constraints", "constraints"),
+    ("bullets", "list of requirements"),
+    ("code_block", "code"),
+    ("code_words", "code keywords"),
+    ("concurrency", "concurrency"),
+    ("algorithms", "hard algorithms"),
+    ("design", "systems design"),
+    ("debug", "debugging"),
+    ("analysis", "asks for analysis"),
+    ("simple_task", "simple task (translate, summarise, look up)"),
+    ("chit_chat", "chit-chat"),
+    ("creative", "creative writing"),
+    ("choices", "multiple choice"),
+)
+_CUE_INDEX = {name: j for j, (name, _) in enumerate(_CUES)}
+_ANYWHERE: dict[str, str] = {
+    "proof": "prove proof proofs disprove derive|show that|demonstrate that",
+    "olympiad": "prime primes divisible divides polynomial polynomials sequence sequences modulo "
+    "remainder gcd lcm smallest largest maximum minimum greatest probability triangle circle "
+    "inscribed perimeter radius digit digits distinct root roots coefficient coefficients "
+    "inequality|find all|determine all|positive integer|positive integers|real number|"
+    "real numbers|such that|for all|for every|how many|ordered pairs|function f|functions f",
+    "constraints": "constraint constraints must should without only ensure exactly requirement "
+    "requirements required each every cannot assume|at most|at least|do not|don t|edge case|"
+    "edge cases|no more than",
+    "code_words": "def class return import function const var let void int public private static "
+    "lambda await struct impl fn select null none self python java javascript typescript rust "
+    "golang sql html css regex api json",
+    "concurrency": "concurrency concurrent concurrently race races deadlock deadlocks deadlocked "
+    "thread threads threading multithreaded mutex mutexes lock locks locking atomic atomics "
+    "atomically volatile asynchronous async goroutine goroutines consensus raft paxos segfault "
+    "parallel parallelism parallelize parallelise synchronize synchronise synchronization "
+    "synchronisation synchronized synchronous idempotent idempotency|race condition|"
+    "race conditions|lock free|wait free|memory model|memory ordering|memory order|memory leak|"
+    "memory leaks|undefined behavior|undefined behaviour",
+    "algorithms": "optimize optimise optimized optimised optimization optimisation optimal "
+    "complexity efficient efficiently efficiency scale scalable scaling scalability invariant "
+    "invariants graph graphs recursion recursive heap trie subsequence subsequences substring "
+    "substrings subarray subarrays interval intervals queries|dynamic programming|binary search",
+    "design": "design architecture architect system systems microservice microservices database "
+    "databases shard shards sharding sharded replicate replicated replication replica replicas "
+    "throughput latency availability consistency tradeoff tradeoffs kubernetes distributed "
+    "pipeline pipelines infrastructure protocol protocols|load balancer|load balancing|"
+    "fault tolerant|fault tolerance|trade off|trade offs",
+    "debug": "bug bugs debug debugging debugger error errors fix fails fail failing crash crashes "
+    "crashed crashing intermittent intermittently traceback exception flaky hang hangs|"
+    "stack trace|wrong output|not working|doesn t work",
+    "analysis": "explain why analyze analyse analysis compare evaluate justify reason implication "
+    "implications critique argue assess|step by step|pros and cons",
+    "simple_task": "translate translation summarize summarise synonym synonyms antonym antonyms",
+    "creative": "story poem essay letter email blog song lyrics haiku tweet slogan joke dialogue "
+    "script speech imagine pretend roleplay|role play",
+}
+_AT_START: dict[str, str] = {
+    "simple_task": "rewrite rephrase paraphrase shorten list name define spell convert format "
+    "capitalize capitalise sort alphabetize alphabetise correct|sum up|fix the grammar|"
+    "what is the capital|what is the meaning|what is the opposite|what does|who is|who was|"
+    "who wrote|who painted|when did|when was|when is|where is|how do you say|how many|"
+    "tell me a joke",
+    "chit_chat": "hi hello hey thanks thx ok okay cool great nice good bye goodbye lol yes no sure "
+    "perfect awesome|thank you|how are you|what s up|got it",
+}
+
+
+def _vocabulary(table: dict[str, str]) -> dict[bytes, int]:
+    """Phrase -> cue index, from "word word ...|phrase|phrase" strings."""
+    out: dict[bytes, int] = {}
+    for name, spec in table.items():
+        words, *phrases = spec.split("|")
+        for phrase in [*words.split(), *phrases]:
+            out[phrase.encode()] = _CUE_INDEX[name]
+    return out
+
+
+_PHRASES = _vocabulary(_ANYWHERE)
+_PHRASE_STARTS = frozenset(phrase.split(b" ")[0] for phrase in _PHRASES if b" " in phrase)
+_OPENINGS = _vocabulary(_AT_START)
+_LONGEST = 4  # words in the longest phrase
+_FUNCTION = re.compile(r"\b[a-z]\([a-z0-9]")  # f(x), g(n+1)
+_BULLET = re.compile(r"\n[ \t]*(?:[-*•]|\d+[.)])[ \t]")
+_INDENTED = re.compile(r"\n(?: {4}|\t)\S")
+_CHOICE = re.compile(r"\n[ \t]*\(?[a-h][.)][ \t]")
+_MATH_SYMBOLS = "≤≥∑∫√π∞"
 
 DENSE_NAMES: tuple[str, ...] = (
-    "bias_one",
-    "log_user_chars",
-    "log_total_chars",
-    "log_system_chars",
-    "log_turns",
-    "log_tools",
-    "wants_json",
-    "code_marks",
-    "math_marks",
+    "length",
+    "words",
+    "lines",
     "numbers",
-    "choice_lines",
-    "ends_with_answer",
-    "question_marks",
-    "proof_words",
-    "newlines",
-    "digit_share",
-    "upper_share",
+    "questions",
+    *(name for name, _ in _CUES),
+    "very_short",
+    "non_latin",
 )
+# What each dense feature means, in words, for the reasons of a score: (said when it raises the
+# difficulty, said when it lowers it). Counts (cues) are named only when the request has them.
+DENSE_LABELS: dict[str, tuple[str, str]] = {
+    "length": ("long request", "short request"),
+    "words": ("many words", "few words"),
+    "lines": ("many lines", "few lines"),
+    "numbers": ("numbers", "numbers"),
+    "questions": ("several questions", "several questions"),
+    **{name: (label, label) for name, label in _CUES},
+    "very_short": ("very short", "very short"),
+    "non_latin": ("non-Latin script", "non-Latin script"),
+}
+ALWAYS_PRESENT = frozenset({"length", "words", "lines"})
 N_DENSE = len(DENSE_NAMES)
 N_FEATURES = HASH_BUCKETS + N_DENSE
 _DENSE_INDICES = tuple(range(HASH_BUCKETS, N_FEATURES))
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NON_LATIN = re.compile("[^\\x00-\u024f]")
 
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """Sparse features of one request plus the few signals the classifier reads directly.
+    """Sparse features of a request's new work plus the counts the classifier reads directly.
 
     The hashed part is `buckets`, distinct, each worth `bucket_value` (1/sqrt of their number,
-    so that it has unit norm whatever the prompt's length); `dense` follows at HASH_BUCKETS + j.
+    so that it has unit norm whatever the text's length); `dense` follows at HASH_BUCKETS + j.
     """
 
     buckets: list[int]
     bucket_value: float
     dense: tuple[float, ...]
-    code_marks: int
-    math_marks: int
-    proof_words: int
-    numbers: int
-    prompt_chars: int
+    cues: tuple[int, ...]  # raw count of each named cue, in `_CUES` order
+    prompt_chars: int  # the whole request, for the token estimate
 
     @property
     def indices(self) -> list[int]:
@@ -134,6 +200,10 @@ class Features:
     def values(self) -> list[float]:
         """The value at each of `indices`."""
         return [self.bucket_value] * len(self.buckets) + list(self.dense)
+
+    def cue(self, name: str) -> int:
+        """How often the named cue occurs in the new work."""
+        return self.cues[_CUE_INDEX[name]]
 
 
 def bounded_text(message: Message, head: int, tail: int) -> str:
@@ -163,89 +233,122 @@ def message_chars(message: Message) -> int:
     return sum(len(part.text) for part in content if part.text)
 
 
-def _tokens(text: str) -> list[bytes]:
-    return _TOKEN.findall(text.lower().encode("utf-8", "ignore").translate(_ZERO_DIGITS))
+def new_work(messages: list[Message]) -> str:
+    """The latest user message and the tool results after it: what is asked now."""
+    last = len(messages) - 1
+    for i in range(last, -1, -1):
+        if messages[i].role == "user":
+            last = i
+            break
+    parts = [bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)] if messages else []
+    results = [m for m in messages[last + 1 :] if m.role in ("tool", "function")]
+    parts += [bounded_text(m, 0, TOOL_RESULT_CHARS) for m in results[-TOOL_RESULTS:]]
+    return "\n".join(parts)
 
 
-def _add_words(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
-    """Add the buckets of the tokens to `buckets`."""
-    buckets.update([h & _MASK for h in map(zlib.crc32, tokens, repeat(namespace))])
+def normalise(text: str) -> str:
+    """Lower case, no leading polite prefix, no trailing punctuation, digits read as 0."""
+    lowered = text.lower()
+    polite = _POLITE.match(lowered)
+    if polite is not None and polite.end() < len(lowered):
+        lowered = lowered[polite.end() :]
+    return _TRAILING.sub("", lowered) or lowered
 
 
-def _add_words_and_pairs(tokens: list[bytes], namespace: int, buckets: set[int]) -> None:
-    """Add the buckets of the tokens and of each pair of adjacent tokens to `buckets`.
+def tokens(normalised: str) -> list[bytes]:
+    """Words and marks of normalised text; a number is its magnitude: `0` (up to four digits)
+    or `00` (five or more)."""
+    raw = _SEPARATOR.sub(b"", normalised.encode("utf-8", "ignore")).translate(_ZERO_DIGITS)
+    return _TOKEN.findall(_ZERO_RUN.sub(_magnitude, raw))
 
-    The first token pairs with a CRC of 0, which lands on its own bucket and so adds nothing
-    (as does any pair after a word whose bucket is 0): the loop needs no special case.
+
+def _magnitude(run: re.Match[bytes]) -> bytes:
+    return b"0" if len(run.group()) <= 4 else b"00"
+
+
+def _buckets(words: list[bytes]) -> set[int]:
+    """The buckets of the words and of each pair of adjacent words.
+
+    The first word pairs with 0, which lands on its own bucket and so adds nothing.
     """
+    buckets: set[int] = set()
     add = buckets.add
     mask = _MASK
-    mixed = 0  # the previous word's bucket times _PAIR_MIX, masked
-    for h in map(zlib.crc32, tokens, repeat(namespace)):
+    mixed = 0
+    for h in map(zlib.crc32, words, repeat(0)):
         bucket = h & mask
         add(bucket)
         add(mixed ^ bucket)
         mixed = bucket * _PAIR_MIX & mask
+    return buckets
 
 
-def _last_user_index(messages: list[Message]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].role == "user":
-            return i
-    return len(messages) - 1
+def count_cues(window: str, words: list[bytes] | None = None) -> tuple[int, ...]:
+    """How often each named cue occurs in a normalised window (`words`: its tokens, if known)."""
+    counts = [0] * len(_CUES)
+    plain = [w for w in (tokens(window) if words is None else words) if w.isalpha()]
+    lookup = _PHRASES.get
+    for i, word in enumerate(plain):
+        cue = lookup(word)
+        if cue is not None:
+            counts[cue] += 1
+        if word in _PHRASE_STARTS:
+            phrase = word
+            for following in plain[i + 1 : i + _LONGEST]:
+                phrase = phrase + b" " + following
+                cue = lookup(phrase)
+                if cue is not None:
+                    counts[cue] += 1
+    opening = b" ".join(plain[:_LONGEST])
+    for length in range(len(opening), 0, -1):
+        if length == len(opening) or opening[length] == 32:  # whole words only
+            cue = _OPENINGS.get(opening[:length])
+            if cue is not None:
+                counts[cue] += 1
+                break
+    lined = "\n" + window
+    marks = (
+        ("math_notation", window.count("\\") + window.count("$") + window.count("^")),
+        ("math_notation", window.count("_{") + len(_FUNCTION.findall(window))),
+        ("math_notation", sum(map(window.count, _MATH_SYMBOLS))),
+        ("equations", window.count("=") + window.count("<") + window.count(">")),
+        ("constraints", window.count("<=") + window.count(">=") + window.count("≤")),
+        ("constraints", window.count("≥")),
+        ("bullets", len(_BULLET.findall(lined))),
+        ("code_block", window.count("```") + len(_INDENTED.findall(lined))),
+        ("code_words", window.count("{") + window.count("}") + window.count(";")),
+        ("algorithms", window.count("o(n")),
+        ("choices", len(_CHOICE.findall(lined))),
+    )
+    for name, count in marks:
+        counts[_CUE_INDEX[name]] += count
+    return tuple(counts)
+
+
+def text_features(text: str, prompt_chars: int | None = None) -> Features:
+    """Features of one piece of new work (a prompt as a user would send it)."""
+    normalised = normalise(text)
+    words = tokens(normalised)
+    buckets = _buckets(words)
+    window = normalised[:CUE_CHARS]
+    cues = count_cues(window, words if len(normalised) <= CUE_CHARS else None)
+    head = text[:2000]
+    dense = (
+        math.log1p(sum(map(len, words)) + len(words)) / 8.0,  # of the tokens: numbers count as one
+        math.log1p(len(words)) / 7.0,
+        math.log1p(text.count("\n")) / 4.0,
+        math.log1p(len(_NUMBER.findall(window))) / 4.0,
+        math.log1p(window.count("?")) / 2.0,
+        *(math.log1p(c) / 3.0 for c in cues),
+        1.0 if len(words) <= 6 else 0.0,
+        len(_NON_LATIN.findall(head)) / max(1, len(head)),
+    )
+    value = 1.0 / math.sqrt(max(len(buckets), 1))
+    chars = len(text) if prompt_chars is None else prompt_chars
+    return Features(list(buckets), value, dense, cues, chars)
 
 
 def extract(request: ChatRequest) -> Features:
-    """Features of a request; cost is bounded by the window sizes, not by the prompt length."""
-    messages = request.messages
-    last = _last_user_index(messages)
-    user = bounded_text(messages[last], USER_HEAD_CHARS, USER_TAIL_CHARS)
-    buckets: set[int] = set()
-    tokens = _tokens(user)
-    _add_words_and_pairs(tokens, _USER, buckets)
-
-    system_chars = 0
-    for message in messages[:last]:
-        if message.role in ("system", "developer"):
-            system_chars += message_chars(message)
-            _add_words(_tokens(bounded_text(message, 0, SYSTEM_CHARS)), _SYSTEM, buckets)
-    for message in messages[max(0, last - HISTORY_TURNS) : last]:
-        if message.role not in ("system", "developer"):
-            _add_words(_tokens(bounded_text(message, 0, HISTORY_CHARS)), _HISTORY, buckets)
-    n_tools = len(request.tools or ())
-    if n_tools:
-        tools = (request.tools or [])[:_MAX_TOOLS]
-        names = " ".join(str(tool.get("function", tool))[:200] for tool in tools)
-        _add_words(_tokens(names[:TOOLS_CHARS]), _TOOLS, buckets)
-
-    raw = user[:SIGNAL_CHARS].encode("utf-8", "ignore")
-    window = max(len(raw), 1)
-    zeroed = raw.translate(_ZERO_DIGITS)
-    user_chars = message_chars(messages[last])
-    total_chars = sum(map(message_chars, messages))
-    signals = _SIGNAL_WORDS.intersection(tokens)
-    code = 3 * raw.count(b"```") + len(signals & _CODE_WORDS) + raw.count(b";") // 2
-    maths = len(raw) - len(raw.translate(None, _MATH_BYTES))
-    proof = len(signals & _PROOF_WORDS)
-    numbers = len(_NUMBER.findall(zeroed))
-    dense = (
-        1.0,
-        math.log1p(user_chars) / 8.0,
-        math.log1p(total_chars) / 8.0,
-        math.log1p(system_chars) / 8.0,
-        math.log1p(len(messages) - 1),
-        math.log1p(n_tools),
-        1.0 if request.wants_json() else 0.0,
-        math.log1p(code),
-        math.log1p(maths),
-        math.log1p(numbers),
-        math.log1p(len(_CHOICE.findall(b"\n" + raw))),
-        1.0 if raw.rstrip().endswith(b"Answer:") else 0.0,
-        math.log1p(raw.count(b"?")),
-        math.log1p(proof),
-        math.log1p(raw.count(b"\n")),
-        zeroed.count(b"0") / window,
-        (len(raw) - len(raw.translate(None, _UPPER))) / window,
-    )
-    value = 1.0 / math.sqrt(max(len(buckets), 1))
-    return Features(list(buckets), value, dense, code, maths, proof, numbers, total_chars)
+    """Features of a request's new work; cost is bounded by the windows, not the prompt."""
+    total = sum(map(message_chars, request.messages))
+    return text_features(new_work(request.messages), total)

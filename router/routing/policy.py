@@ -48,6 +48,34 @@ class LatencyProfile(_Strict):
     tokens_per_s: float = Field(gt=0, description="Expected output speed, reasoning included.")
 
 
+class Timeouts(_Strict):
+    """Deadlines of one upstream call (the direct transport). DeepSeek keeps a request it cannot
+    serve yet for up to ten minutes, sending blank lines or `: keep-alive` comments meanwhile;
+    those do not count as the answer's first byte, so a queued request times out at
+    `first_byte_ms` and a fallback tier can start."""
+
+    connect_ms: float = Field(
+        default=10_000, gt=0, description="Connecting (TCP, TLS, a proxy's tunnel), in ms."
+    )
+    pool_wait_ms: float = Field(
+        default=3_000,
+        ge=0,
+        description="Wait for a free connection when all are in use, in ms; then 503.",
+    )
+    first_byte_ms: float | None = Field(
+        default=300_000,
+        gt=0,
+        description="From the start of the call to the answer's first byte (a stream's first "
+        "event with data; a whole answer's first byte that is not whitespace), in ms. "
+        "null: no such deadline.",
+    )
+    total_ms: float | None = Field(
+        default=1_800_000,
+        gt=0,
+        description="The whole call, the last byte of a stream included, in ms. null: none.",
+    )
+
+
 class Tier(_Strict):
     """One way of calling the upstream: a model with explicit thinking settings."""
 
@@ -100,7 +128,15 @@ class Tier(_Strict):
     api_key_env: str = Field(
         default="DEEPSEEK_API_KEY", description="Name of the env var holding the upstream key."
     )
-    timeout_s: float = Field(default=600.0, gt=0, description="Upstream call timeout, seconds.")
+    timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest silence between two reads of the answer (the idle gap), seconds; "
+        "the litellm transport's timeout.",
+    )
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts, description="Deadlines of an upstream call (direct transport)."
+    )
     expected_output_tokens: int = Field(
         default=400, ge=0, description="Answer tokens assumed when a request gives no max_tokens."
     )

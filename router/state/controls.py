@@ -215,7 +215,7 @@ class Controls:
     async def release(self, hold: Hold | None) -> None:
         """Give back the hold of a request that was not charged (failed, or a cache hit)."""
         if hold is not None and self._open.pop(hold.token, None) is not None:
-            await self.ledger.release(hold)
+            await self.ledger.release(hold, self.now())
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
         """Count a routed request toward the share window and its alias's live calibration,

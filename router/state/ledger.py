@@ -70,7 +70,7 @@ class Ledger(Protocol):
         """Replace the hold with the answer's real cost."""
         ...
 
-    async def release(self, hold: Hold) -> None: ...
+    async def release(self, hold: Hold, now: float) -> None: ...
 
     async def add(self, scopes: Sequence[str], usd: float, now: float) -> None:
         """Spend without a hold."""
@@ -118,7 +118,7 @@ class MemoryLedger:
         self._holds.pop(hold.token, None)
         await self.add(hold.scopes, usd, now)
 
-    async def release(self, hold: Hold) -> None:
+    async def release(self, hold: Hold, now: float) -> None:
         self._holds.pop(hold.token, None)
 
     async def add(self, scopes: Sequence[str], usd: float, now: float) -> None:
@@ -300,13 +300,13 @@ class RedisLedger:
             batch.drops.append((holds, hold.token))
         await self._send(batch, {key: usd - hold.usd for key in batch.usd})
 
-    async def release(self, hold: Hold) -> None:
+    async def release(self, hold: Hold, now: float) -> None:
         if self._local.pop(hold.token, None) is not None:
             return
         batch = Batch(token=f"{hold.token}:release")
         views: dict[str, float] = {}
         for scope in hold.scopes:
-            day, month, holds = self._keys(scope, hold.expires_at)
+            day, month, holds = self._keys(scope, now)
             batch.drops.append((holds, hold.token))
             views.update({day: -hold.usd, month: -hold.usd})
         await self._send(batch, views)

@@ -15,13 +15,12 @@ accepts the turn, but the model continues without its earlier reasoning, which c
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from router.schemas import Message
-from router.state.store import FAILURES, PREFIX, Client, Outage, connect
+from router.state.store import PREFIX, Client, Store, StoreDown, open_store
 
 DAY_S = 86_400
 
@@ -111,13 +110,10 @@ class RedisReasoningMemory:
     """Reasoning in Redis (shared by every process, kept `ttl_s`), with this process's memory
     as a near copy and as the fallback while Redis is down."""
 
-    def __init__(
-        self, client: Client, ttl_s: int = DAY_S, log: logging.Logger | None = None
-    ) -> None:
-        self._client = client
+    def __init__(self, store: Store, ttl_s: int = DAY_S) -> None:
+        self._store = store  # its breaker skips a failing Redis (router/state/store.py)
         self._ttl_s = ttl_s
         self._near = ReasoningMemory()
-        self._outage = Outage("reasoning memory", log or logging.getLogger("flashpro.store"))
 
     @staticmethod
     def _key(slot: str) -> str:
@@ -130,15 +126,17 @@ class RedisReasoningMemory:
         slots = [(_slot(namespace, call_id), reasoning) for call_id, reasoning in found]
         for slot, reasoning in slots:
             self._near.keep(slot, reasoning)
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
+
+        async def write(client: Client) -> None:
+            async with client.pipeline(transaction=False) as pipe:
                 for slot, reasoning in slots:
                     pipe.set(self._key(slot), reasoning, ex=self._ttl_s)
                 await pipe.execute()
-        except FAILURES as exc:
-            self._outage.failed(exc)
+
+        try:
+            await self._store.call(write)
+        except StoreDown:
             return
-        self._outage.ok()
 
     async def restore(self, namespace: str, messages: Sequence[Message]) -> list[Message]:
         wanted = {
@@ -149,13 +147,11 @@ class RedisReasoningMemory:
         known = {cid: r for cid, slot in wanted.items() if (r := self._near.get(slot)) is not None}
         missing = [cid for cid in wanted if cid not in known]
         if missing:
+            keys = [self._key(wanted[cid]) for cid in missing]
             try:
-                values = await self._client.mget([self._key(wanted[cid]) for cid in missing])
-            except FAILURES as exc:
-                self._outage.failed(exc)
+                values = await self._store.call(lambda client: client.mget(keys))
+            except StoreDown:
                 values = [None] * len(missing)
-            else:
-                self._outage.ok()
             for cid, value in zip(missing, values, strict=True):
                 if value is not None:
                     text = value.decode() if isinstance(value, bytes) else str(value)
@@ -164,11 +160,11 @@ class RedisReasoningMemory:
         return _filled(messages, known) if known else list(messages)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._store.aclose()
 
 
-def open_reasoning(redis_url: str | None) -> ReasoningStore:
-    """Redis-backed when a URL is configured, else this process's memory."""
-    if not redis_url:
-        return ReasoningMemory()
-    return RedisReasoningMemory(connect(redis_url))
+def open_reasoning(redis: str | Store | None) -> ReasoningStore:
+    """Redis-backed when Redis is configured (a URL, or the store the other shared state
+    uses), else this process's memory."""
+    shared = open_store(redis) if isinstance(redis, str) else redis
+    return RedisReasoningMemory(shared) if shared is not None else ReasoningMemory()

@@ -174,7 +174,8 @@ def open_store(url: str | None, timeout_s: float = 0.25) -> Store | None:
 
 
 class Outage:
-    """Logs the first failure of an outage and the recovery, not every failed call."""
+    """Logs the first failure of an outage and the recovery, not every failed call. New code
+    uses `Store`, whose breaker also skips a failing Redis."""
 
     def __init__(self, what: str, log: logging.Logger) -> None:
         self._what = what

@@ -31,7 +31,34 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.routing.cost import Usage
-from router.routing.policy import Tier
+from router.routing.policy import Tier, Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long one upstream call may take, in seconds (a tier's `timeouts` in the policy).
+
+    `first_byte_s` counts from the start of the call to the answer's first byte: a stream's
+    first event with data, or the first byte of a whole answer that is not whitespace. The blank
+    lines and `: keep-alive` comments DeepSeek sends while a request is queued do not count, so
+    a queued request times out (and a fallback tier can start) instead of waiting up to the ten
+    minutes DeepSeek keeps it. None: no deadline of that kind."""
+
+    connect_s: float = 10.0
+    pool_wait_s: float = 3.0
+    first_byte_s: float | None = 300.0
+    total_s: float | None = 1800.0
+
+    @classmethod
+    def of(cls, timeouts: Timeouts) -> Deadlines:
+        """A tier's `timeouts`, in seconds."""
+        first, total = timeouts.first_byte_ms, timeouts.total_ms
+        return cls(
+            connect_s=timeouts.connect_ms / 1000,
+            pool_wait_s=timeouts.pool_wait_ms / 1000,
+            first_byte_s=None if first is None else first / 1000,
+            total_s=None if total is None else total / 1000,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +72,8 @@ class UpstreamCall:
     reasoning_effort: str | None
     api_base: str | None
     api_key: str | None
-    timeout_s: float
+    timeout_s: float  # the longest silence between two reads of the answer (the idle gap)
+    deadlines: Deadlines = Deadlines()
     # the wire format: OpenAI chat completions, or Anthropic messages (router/upstream/messages.py)
     wire: Literal["chat", "messages"] = "chat"
 
@@ -68,6 +96,7 @@ class UpstreamCall:
             tier.api_base or api_base,
             api_key,
             tier.timeout_s,
+            Deadlines.of(tier.timeouts),
         )
 
 
@@ -81,10 +110,15 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One streamed chunk in OpenAI format; `usage` is set on the chunk that reports it."""
+    """One streamed chunk in OpenAI format; `usage` is set on the chunk that reports it.
+    `keep_alive`: no chunk, the upstream's sign that the request waits in its queue."""
 
     data: dict[str, Any]
     usage: Usage | None = None
+    keep_alive: bool = False
+
+
+KEEP_ALIVE = Chunk({}, keep_alive=True)
 
 
 class Upstream(Protocol):

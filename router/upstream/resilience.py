@@ -3,10 +3,14 @@ call. The chain and the delays are pure functions; `Resilience` keeps the breake
 and sleeps between attempts.
 
 Only failures that another attempt may cure are retried: 429, 5xx, timeouts and dropped
-connections (`RETRYABLE`). Any other 4xx is the request's fault and is raised at once. An
-account failure (DeepSeek's 402 Insufficient Balance, a refused key) is raised at once too, with
-no retry and no fallback (another call would only repeat it), but counts against the tier's
-breaker, so a drained account stops being called for `open_seconds`. A tier at its own
+connections (`RETRYABLE`); they are also the only request failures a breaker counts, as they
+say something about the tier's health. Any other 4xx (400, 404, 413, 422...) is the request's
+fault: raised at once, and to the breaker the tier answered. A first-byte timeout (a request
+queued upstream) falls back at once: the same tier would queue the retry too. A full
+connection pool (`UpstreamBusy`) is flashpro's own limit: raised at once, counted for nothing.
+An account failure (DeepSeek's 402 Insufficient Balance, a refused key) is raised at once too,
+with no retry and no fallback (another call would only repeat it), but counts against the
+tier's breaker, so a drained account stops being called for `open_seconds`. A tier at its own
 `max_concurrency` is skipped for the next one in the chain without touching its breaker.
 """
 
@@ -23,7 +27,9 @@ from router.errors import (
     ServiceUnavailable,
     UpstreamAuthFailed,
     UpstreamBalanceExhausted,
+    UpstreamBusy,
     UpstreamError,
+    UpstreamQueued,
     UpstreamRateLimited,
     UpstreamSaturated,
     UpstreamTimeout,
@@ -181,10 +187,17 @@ class Resilience:
                 except RETRYABLE as exc:
                     circuit.failed(policy.breaker, self._clock())
                     last, reason = exc, reason or exc.code or "upstream_error"
-                    if retry + 1 >= policy.retries.max_attempts or circuit.opened_at is not None:
+                    if (
+                        isinstance(exc, UpstreamQueued)
+                        or retry + 1 >= policy.retries.max_attempts
+                        or circuit.opened_at is not None
+                    ):
                         break
                     await self._sleep(delay_s(policy.retries, retry, exc))
                     continue
+                except UpstreamBusy:
+                    circuit.abandoned()  # the upstream was not reached: nothing learnt
+                    raise
                 except FlashproError:
                     circuit.succeeded()  # the tier answered; the request was at fault
                     raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -89,16 +90,7 @@ def shape(
     messages = _json_output(params, messages)
     if user_id is not None:
         params["user_id"] = user_id
-    return UpstreamCall(
-        call.model,
-        messages,
-        params,
-        call.thinking,
-        call.reasoning_effort,
-        call.api_base,
-        call.api_key,
-        call.timeout_s,
-    )
+    return replace(call, messages=messages, params=params)  # deadlines and wire kept
 
 
 def _role(message: dict[str, Any], index: int) -> dict[str, Any]:

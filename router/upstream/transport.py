@@ -2,20 +2,19 @@
 
 litellm's per-call cost (parameter mapping, logging hooks, response objects) dominated a
 benchmark of flashpro against a zero-latency upstream; `DirectUpstream` speaks DeepSeek's wire
-format itself with the request shaping litellm's `DeepSeekChatConfig` applies, a keep-alive
-connection pool, and the error table of `router.upstream.base`. litellm still serves every model id
+format itself with the request shaping litellm's `DeepSeekChatConfig` applies, over the pooled
+HTTP client of upstream/client.py (aiohttp), with the error table of `router.upstream.base`. litellm still serves every model id
 that does not start with `deepseek/` (`ByProvider`), and all of them when
 `FLASHPRO_TRANSPORT=litellm`.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import orjson
@@ -23,6 +22,7 @@ import orjson
 from router.errors import FlashproError, UpstreamError
 from router.routing.cost import Usage
 from router.upstream.base import (
+    KEEP_ALIVE,
     Chunk,
     Completion,
     LiteLLMUpstream,
@@ -32,7 +32,7 @@ from router.upstream.base import (
     scrub,
     transport_failure,
 )
-from router.upstream.connections import Origin, Pool, Proxy, Response, Target
+from router.upstream.client import ClientLimits, HttpClient, Response, first_byte_timeout
 from router.upstream.messages import (
     DEFAULT_ANTHROPIC_API_BASE,
     MESSAGES_PATH,
@@ -42,6 +42,7 @@ from router.upstream.messages import (
     parse_message,
     usage_of,
 )
+from router.upstream.sse import EventDecoder, EventStreamError
 
 Transport = Literal["direct", "litellm"]
 
@@ -137,77 +138,37 @@ def _drop_unsupported_tools(body: dict[str, Any]) -> None:
             del body["tool_choice"]
 
 
-def target(url: str, proxy_url: str | None = None) -> Target:
-    """Prepare `url` (http or https), reached directly or through the HTTP proxy `proxy_url`."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    proxy = _proxy(proxy_url) if proxy_url else None
-    host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
-    authority = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        authority = f"{authority}:{port}"
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    lines = [f"POST {path} HTTP/1.1", f"host: {authority}"]
-    if proxy is not None and scheme == "http":  # a forward proxy takes the absolute form
-        lines[0] = f"POST {scheme}://{authority}{path} HTTP/1.1"
-        if proxy.authorization:
-            lines.append(f"proxy-authorization: {proxy.authorization.decode()}")
-    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    return Target(Origin(scheme, host, port, proxy), head)
-
-
-def _proxy(url: str) -> Proxy:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme.lower() != "http" or not parts.hostname:
-        raise ValueError(f"only http:// proxies are supported, not {url!r}")
-    authorization = None
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = b"Basic " + base64.b64encode(credentials.encode())
-    return Proxy(parts.hostname, parts.port or 80, authorization)
-
-
-def header_line(name: str, value: str) -> bytes:
-    """One request header line; a line break in a value (a key pasted with its newline) would
-    end the head early, so it is refused."""
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"the {name} header has a line break")
-    return f"{name}: {value}\r\n".encode("latin-1")
-
-
 @dataclass
 class DirectUpstream:
-    """DeepSeek over flashpro's own keep-alive HTTP/1.1 pool (router/upstream/connections.py), errors
-    mapped once.
+    """DeepSeek over one pooled aiohttp session (upstream/client.py), errors mapped once.
 
-    Neither httpx nor aiohttp: against the simulator at 8 concurrent requests, httpx's pool spent
+    aiohttp rather than httpx: against the simulator at 8 concurrent requests httpx's pool spent
     about 1.6 ms of CPU a request (it polls every pooled socket to check expiry) and aiohttp's
-    client about 0.18 ms, most of a proxied request's CPU beside flashpro's own work; the pool
-    here does the one thing needed, a POST and its answer (bench/README.md has the figures).
+    client about 0.12 ms (bench/README.md has the figures).
     """
 
     secrets: tuple[str, ...] = field(default_factory=tuple)  # scrubbed from error messages
     default_api_base: str = DEFAULT_API_BASE
-    max_connections: int = 4096  # a stream holds a connection for its whole length
+    limits: ClientLimits = field(default_factory=ClientLimits)
     ssl_context: ssl.SSLContext | None = None  # None: the system's trust store
-    _pool: Pool | None = field(default=None, init=False, repr=False)
-    # per base URL: the prepared target (proxy settings are read once, see `_target`)
-    _targets: dict[str, Target] = field(default_factory=dict, init=False, repr=False)
-    _fields: dict[tuple[str | None, bool, str], bytes] = field(
+    _http: HttpClient | None = field(default=None, init=False, repr=False)
+    # per base URL: the proxy to use (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once)
+    _proxies: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _headers: dict[tuple[str | None, bool, str], dict[str, str]] = field(
         default_factory=dict, init=False, repr=False
     )
 
-    def _connections(self) -> Pool:
-        if self._pool is None:
-            self._pool = Pool(self.ssl_context, limit=self.max_connections)
-        return self._pool
+    def _client(self) -> HttpClient:
+        if self._http is None:
+            self._http = HttpClient(self.limits, self.ssl_context)
+        return self._http
 
-    async def _post(self, call: UpstreamCall, *, stream: bool) -> Response:
+    async def _post(
+        self, call: UpstreamCall, first_byte_at: float | None, *, stream: bool
+    ) -> Response:
+        """Send the call and wait for the answer's head. A stream's deadlines are kept by the
+        client (aiohttp's `total`, the first event by `first_byte_at`); a whole answer's by the
+        caller, with one timer."""
         if call.wire == "messages":  # Anthropic format, to the tier's Anthropic base URL
             shaped = messages_body(
                 call.model,
@@ -222,57 +183,72 @@ class DirectUpstream:
             shaped = request_body(call, stream=stream)
             base, path = call.api_base or self.default_api_base, "/chat/completions"
         body = orjson.dumps(shaped)
+        base = base.rstrip("/")
         try:
-            to = self._target(base, path)
-            fields = self._header_fields(call.api_key, stream, call.wire)
+            headers = self._request_headers(call.api_key, stream, call.wire)
         except ValueError as exc:
             raise UpstreamError(f"The upstream request cannot be sent: {exc}.") from None
-        try:
-            return await self._connections().post(to, fields, body, call.timeout_s)
-        except _FAILURES as exc:
-            raise _failure(exc) from exc
+        return await self._client().post(
+            base + path,
+            headers,
+            body,
+            call.deadlines,
+            call.timeout_s,
+            self._proxy(base),
+            first_byte_at,
+            total=stream,
+        )
 
-    def _target(self, base: str, path: str) -> Target:
-        """The base URL's target, with HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base URL
-        (reading them per request cost 4% of a request's CPU)."""
-        prepared = self._targets.get(base + path)
-        if prepared is None:
-            base = base.rstrip("/")
+    def _proxy(self, base: str) -> str | None:
+        """The proxy for a base URL, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY read once per base
+        URL (reading them per request cost 4% of a request's CPU)."""
+        if base not in self._proxies:
             scheme, _, rest = base.partition("://")
-            host = rest.split("/", 1)[0]
+            host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
             proxy = getproxies().get(scheme.lower())
-            if proxy is not None and proxy_bypass(host):
-                proxy = None
-            prepared = self._targets[base + path] = target(base + path, proxy)
-        return prepared
+            self._proxies[base] = None if proxy is None or proxy_bypass(host) else proxy
+        return self._proxies[base]
 
-    def _header_fields(self, api_key: str | None, stream: bool, wire: str = "chat") -> bytes:
-        fields = self._fields.get((api_key, stream, wire))
-        if fields is None:
-            accept = "text/event-stream" if stream else "application/json"
+    def _request_headers(self, api_key: str | None, stream: bool, wire: str) -> dict[str, str]:
+        headers = self._headers.get((api_key, stream, wire))
+        if headers is None:
+            headers = {
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+                "accept-encoding": "identity",
+                "user-agent": "flashpro",
+            }
             # DeepSeek's Anthropic API reads the key from x-api-key, as Anthropic's does
-            key = b""
             if api_key and wire == "messages":
-                key = header_line("x-api-key", api_key)
+                headers["x-api-key"] = header_value("x-api-key", api_key)
             elif api_key:
-                key = header_line("authorization", f"Bearer {api_key}")
-            fields = b"".join(
-                (
-                    header_line("content-type", "application/json"),
-                    header_line("accept", accept),
-                    header_line("accept-encoding", "identity"),
-                    header_line("user-agent", "flashpro"),
-                    key,
-                )
-            )
-            self._fields[(api_key, stream, wire)] = fields
-        return fields
+                headers["authorization"] = header_value("authorization", f"Bearer {api_key}")
+            self._headers[(api_key, stream, wire)] = headers
+        return headers
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        response = await self._post(call, stream=False)
-        raw = await _read(response)
-        if response.status >= 400:
-            raise self._rejection(response, raw)
+        """A whole answer, under one timer: due at the first-byte deadline until the answer's
+        first byte that is not whitespace, then at the whole-call deadline."""
+        deadlines, now = call.deadlines, asyncio.get_running_loop().time()
+        first_at = None if deadlines.first_byte_s is None else now + deadlines.first_byte_s
+        total_at = None if deadlines.total_s is None else now + deadlines.total_s
+        started = False
+
+        def first_byte() -> None:
+            nonlocal started
+            started = True
+            timer.reschedule(total_at)
+
+        try:
+            async with asyncio.timeout_at(_earliest(first_at, total_at)) as timer:
+                response = await self._post(call, None, stream=False)
+                if not 200 <= response.status < 300:
+                    raise await self._rejection(call, response)
+                raw = await response.read(first_byte)
+        except TimeoutError:
+            if not started and first_at is not None and first_at <= (total_at or first_at):
+                raise first_byte_timeout() from None
+            raise transport_failure(timed_out=True) from None
         if call.wire == "messages":
             message = parse_message(raw)
             return Completion(body=message, usage=usage_of(message.get("usage")))
@@ -285,33 +261,47 @@ class DirectUpstream:
         return Completion(body=body, usage=Usage.from_wire(body.get("usage")))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
-        response = await self._post(call, stream=True)
-        if response.status >= 400:
-            raise self._rejection(response, await _read(response))
-        return _events(response, _message_event if call.wire == "messages" else _chat_event)
+        first_byte_s = call.deadlines.first_byte_s
+        first_byte_at = None
+        if first_byte_s is not None:
+            first_byte_at = asyncio.get_running_loop().time() + first_byte_s
+        response = await self._post(call, first_byte_at, stream=True)
+        if not 200 <= response.status < 300:
+            raise await self._rejection(call, response)
+        read = _message_event if call.wire == "messages" else _chat_event
+        return _events(response, first_byte_at, read)
 
-    def _rejection(self, response: Response, raw: bytes) -> FlashproError:
-        message = scrub(_error_message(raw), self.secrets)
+    async def _rejection(self, call: UpstreamCall, response: Response) -> FlashproError:
+        """An answer that is not a 2xx: an error status with its message (keys scrubbed, the
+        call's own included, so a key added by a policy reload is never echoed), or a 502 for
+        a status the API never sends (1xx such as 101, 3xx)."""
+        if response.status < 400:
+            response.close()
+            return UpstreamError(f"The upstream answered with status {response.status}.")
+        raw = await response.read()
+        secrets = (*self.secrets, call.api_key) if call.api_key else self.secrets
+        message = scrub(_error_message(raw), secrets)
         return error_for_status(response.status, message, response.headers.get("retry-after"))
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
-_FAILURES = (OSError,)  # connection failures, TLS errors and timeouts (connections.py)
+def _earliest(*moments: float | None) -> float | None:
+    given = [moment for moment in moments if moment is not None]
+    return min(given) if given else None
 
 
-def _failure(exc: BaseException) -> FlashproError:
-    """A timeout (connect or read) is a TimeoutError; the rest are connection errors."""
-    return transport_failure(timed_out=isinstance(exc, TimeoutError))
+def header_value(name: str, value: str) -> str:
+    """A request header value; a line break in it (a key pasted with its newline) would end
+    the head early, so it is refused."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the {name} header has a line break")
+    return value
 
 
-async def _read(response: Response) -> bytes:
-    try:
-        return await response.read()
-    except _FAILURES as exc:
-        raise _failure(exc) from exc
+_AFTER_DONE_BYTES = 64 * 1024  # read past [DONE] to the body's end, to pool the connection
 
 
 def _chat_event(payload: bytes) -> tuple[Chunk | None, bool]:
@@ -328,31 +318,43 @@ def _message_event(payload: bytes) -> tuple[Chunk | None, bool]:
 
 
 async def _events(
-    response: Response, read: Callable[[bytes], tuple[Chunk | None, bool]]
+    response: Response,
+    first_byte_at: float | None,
+    read: Callable[[bytes], tuple[Chunk | None, bool]] = _chat_event,
 ) -> AsyncIterator[Chunk]:
-    """Parse server-sent events into chunks until the format's last one (`read` says which);
-    `event:` lines are not needed (Anthropic's data carry their type); a drop raises
+    """The stream's events as chunks until the format's last one (`read` says which; `event:`
+    lines are not needed, Anthropic's data carry their type); `: keep-alive` comments before
+    the first event with data as keep-alive chunks; empty events skipped. A drop raises
     UpstreamError."""
-    buffer = b""
+    decoder = EventDecoder()
+    until = first_byte_at  # the first event with data is due by then; comments do not count
     done = False
     try:
-        async for part in response.chunks():
-            if done:
-                continue  # read to the end so the connection goes back to the pool
-            buffer += part
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators and `: keep-alive` comments
-                chunk, done = read(line[5:].strip())
+        while not done and (part := await response.next_part(until)):
+            try:
+                events = decoder.feed(part)
+            except EventStreamError as exc:
+                raise UpstreamError(f"The upstream broke its event stream: {exc}.") from None
+            for event in events:
+                if event.data is None:
+                    if until is not None and event.comment:
+                        yield KEEP_ALIVE
+                    continue
+                payload = event.data.strip()
+                if not payload:
+                    continue  # an empty `data:` event
+                chunk, done = read(payload)
+                until = None
                 if chunk is not None:
                     yield chunk
                 if done:
                     break
-    except _FAILURES as exc:
-        raise _failure(exc) from exc
+        if done:
+            extra = 0
+            while extra <= _AFTER_DONE_BYTES and (part := await response.next_part()):
+                extra += len(part)
     finally:
-        response.release()
+        response.close()  # nothing if read to the end (the connection is pooled again)
     if not done:
         raise UpstreamError("The upstream closed the stream before it finished.")
 
@@ -403,8 +405,10 @@ class ByProvider:
         await self.direct.aclose()
 
 
-def open_upstream(transport: Transport, secrets: tuple[str, ...]) -> Upstream:
+def open_upstream(
+    transport: Transport, secrets: tuple[str, ...], limits: ClientLimits | None = None
+) -> Upstream:
     """The production upstream for the configured transport."""
     litellm_upstream = LiteLLMUpstream(secrets=secrets)
-    direct = DirectUpstream(secrets=secrets)
+    direct = DirectUpstream(secrets=secrets, limits=limits or ClientLimits())
     return ByProvider(direct, litellm_upstream, chat_direct=transport == "direct")
