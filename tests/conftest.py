@@ -8,12 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -65,13 +67,17 @@ WEATHER_TOOL = {
 }
 
 
+# how long a server (redis-server, flashpro in a thread or a process) may take to start
+STARTUP_DEADLINE_S = 180.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "it") -> None:
+def wait_until(check: Callable[[], bool], timeout_s: float = 60.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -115,7 +121,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._accepts, what="redis-server")
+        wait_until(self._accepts, timeout_s=STARTUP_DEADLINE_S, what="redis-server")
 
     def _accepts(self) -> bool:
         try:
@@ -175,7 +181,7 @@ def serve_app(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(base + "/healthz"), what="flashpro")
+    wait_until(lambda: http_ok(base + "/healthz"), timeout_s=STARTUP_DEADLINE_S, what="flashpro")
     try:
         yield base
     finally:
@@ -216,35 +222,51 @@ def flashpro(simulator: RunningSimulator, upstream_env: None) -> Iterator[str]:
 class FlashproProcess:
     base: str
     process: subprocess.Popen[str]
+    log: IO[str]
+
+    def output(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 @contextmanager
 def flashpro_process(
-    args: list[str], env: dict[str, str], ready_path: str = "/healthz", ready_s: float = 60
+    args: list[str],
+    env: dict[str, str],
+    ready_path: str = "/healthz",
+    ready_s: float = STARTUP_DEADLINE_S,
 ) -> Iterator[FlashproProcess]:
     """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: process.poll() is None and http_ok(base + ready_path),
-            timeout_s=ready_s,
-            what="flashpro serve",
+    # the output goes to a file, never an unread pipe: a full pipe would block the server
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        yield FlashproProcess(base, process)
-    finally:
-        process.terminate()
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                output.seek(0)
+                raise RuntimeError(f"flashpro serve exited {process.returncode}: {output.read()}")
+            return http_ok(base + ready_path)
+
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            # a deadline, not a pause: start-up takes seconds, far longer on a loaded machine
+            wait_until(ready, timeout_s=ready_s, what="flashpro serve")
+            yield FlashproProcess(base, process, output)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def pytest_asyncio_loop_factories(

@@ -50,7 +50,8 @@ def test_serve_simulate_answers_the_openai_sdk() -> None:
         )
         assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
         running.process.terminate()
-        output = running.process.communicate(timeout=15)[0]
+        running.process.wait(timeout=60)
+        output = running.output()
     assert "SIMULATED UPSTREAM" in output and "--simulate-speed 1" in output
     # which policy runs, and how to run the file a user may be editing
     assert "policy: the default embedded in the package" in output

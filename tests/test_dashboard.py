@@ -99,6 +99,11 @@ def test_dashboard_renders_charts_in_headless_chromium(
     spend = re.search(r'id="kpi-spend">\$([0-9.]+)<', html)
     savings = re.search(r'id="kpi-savings">\$([0-9.]+)<', html)
     assert spend and savings and float(savings.group(1)) > 0 and float(spend.group(1)) > 0
+    # each figure to at least two significant digits: a small spend beside a larger baseline
+    # keeps its own digits rather than rounding to the baseline's cents
+    totals = httpx.get(base + "/v1/stats").json()["totals"]
+    assert float(spend.group(1)) == pytest.approx(totals["spend_usd"], rel=0.05)
+    assert float(savings.group(1)) == pytest.approx(totals["savings_usd"], rel=0.05)
     assert re.search(r'id="kpi-hit-rate">33\.3%<', html)
     assert html.count('<span class="tier"') == 11  # recent decisions, with their reasons
 

@@ -103,7 +103,8 @@ def mixed_bodies(run: str) -> list[dict[str, Any]]:
                 chat_body(f"pro {run} {i}", "pro", stream=stream),
                 chat_body(f"limited {run} {i} [[sim:status=429]]", stream=stream),
                 chat_body(f"broken {run} {i} [[sim:status=500]]", "pro-max", stream=stream),
-                chat_body(f"late {run} {i} [[sim:delay_ms=900]]", stream=stream),
+                # ten times the tier timeout: a loaded machine cannot close the gap
+                chat_body(f"late {run} {i} [[sim:delay_ms=5000]]", stream=stream),
                 chat_body(f"slow {run} {i} [[sim:slow=5]]", stream=stream),
             ]
         bodies.append(chat_body(f"dropped {run} {i} [[sim:disconnect_after=3]]", stream=True))

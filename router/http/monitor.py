@@ -66,6 +66,9 @@ async def stats(request: Request) -> Response:
     data = deps.observer.rolling.snapshot(time.time())
     data["policy_version"] = deps.live.version
     data["baseline_tier"] = deps.live.policy.observability.savings_baseline_tier
+    data["calibration"] = await deps.controls.calibration.report(
+        deps.live.policy, deps.live.thresholds
+    )
     return Response(orjson.dumps(data), media_type="application/json")
 
 

@@ -45,6 +45,8 @@ class RoutingState:
     group: str | None = None  # the caller's key group
     affinity_tier: str | None = None  # the tier that served this conversation before
     now: float = 0.0  # unix time the state was read at (budgets reset at UTC midnight)
+    # live-calibrated aliases' thresholds, from the scores they have seen (router/state/calibration.py)
+    thresholds: Mapping[str, Thresholds] = field(default_factory=dict)
 
 
 NO_STATE = RoutingState()

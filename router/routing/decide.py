@@ -74,8 +74,11 @@ def decide(
 
     The score picks a tier through the alias's thresholds; then the first matching rule that
     changes the outcome wins: a `tier` rule always does, a bound only when it moves the tier.
-    Last, live limits in `state` (budgets, latency, share cap, caller group) bend it.
+    Last, live limits in `state` (budgets, latency, share cap, caller group) bend it. A
+    live-calibrated alias's thresholds in `state` replace the ones the policy resolved.
     """
+    if state.thresholds:
+        thresholds = {**thresholds, **state.thresholds}
     model = routed_model(policy, facts.model, state)
     decision = _by_rules(policy, thresholds, facts, assessment, model)
     decision = constrain(policy, thresholds, decision, state)

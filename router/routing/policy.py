@@ -239,11 +239,20 @@ class Alias(_Strict):
         gt=0,
         description="Tiers whose expected latency would exceed this are not chosen.",
     )
+    calibration: Literal["fixed", "live"] = Field(
+        default="fixed",
+        description="How `shares` become thresholds. fixed: from the classifier's calibration "
+        "set, so a threshold means an absolute difficulty. live: from rolling quantiles of the "
+        "scores this alias has actually seen (its last 2,000 requests, shared through Redis), "
+        "so the shares hold when the traffic mix shifts; the first 200 use the fixed ones.",
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> Alias:
         if (self.thresholds is None) == (self.shares is None):
             raise ValueError("give exactly one of 'thresholds' or 'shares'")
+        if self.calibration == "live" and self.shares is None:
+            raise ValueError("'calibration: live' needs 'shares' (thresholds are fixed scores)")
         for name, value in (self.thresholds or self.shares or {}).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: {value} is outside [0, 1]")

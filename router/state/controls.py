@@ -25,6 +25,7 @@ from router.routing.limits import BudgetLimit
 from router.routing.policy import Policy
 from router.routing.routed import Routed
 from router.schemas import ChatRequest
+from router.state.calibration import LiveCalibration, RedisScoreWindow
 from router.state.ledger import Ledger, MemoryLedger, RedisLedger
 from router.state.share import MemoryShareWindow, RedisShareWindow, ShareWindow
 from router.state.store import Store, open_store
@@ -114,6 +115,7 @@ class Controls:
     shares: ShareWindow = field(default_factory=MemoryShareWindow)
     latency: LatencyLearner = field(default_factory=LatencyLearner)
     affinity: AffinityMemory = field(default_factory=AffinityMemory)
+    calibration: LiveCalibration = field(default_factory=LiveCalibration)
     environ: Mapping[str, str] = field(default_factory=dict)
     _open: dict[str, float] = field(default_factory=dict)  # unsettled hold -> expires at
 
@@ -133,6 +135,7 @@ class Controls:
         affinity = None
         if policy.affinity is not None and policy.affinity.enabled and caller.conversation:
             affinity = self.affinity.get(caller.conversation)
+        thresholds = await self.calibration.thresholds(policy)
         return RoutingState(
             spent=spent,
             max_latency_ms=caller.max_latency_ms,
@@ -142,6 +145,7 @@ class Controls:
             group=caller.group,
             affinity_tier=affinity,
             now=now,
+            thresholds=thresholds,
         )
 
     def _spent(
@@ -214,13 +218,15 @@ class Controls:
             await self.ledger.release(hold, self.now())
 
     async def admitted(self, policy: Policy, caller: Caller, decision: Decision) -> None:
-        """Count a routed request toward the share window and remember its conversation."""
+        """Count a routed request toward the share window and its alias's live calibration,
+        and remember its conversation."""
         cap = policy.share_cap
         if cap is not None and decision.alias is not None and cap.tier in policy.tiers:
             strong = policy.rank(decision.tier) >= policy.rank(cap.tier)
             await self.shares.add(strong, cap.window_s, self.now())
         if policy.affinity is not None and caller.conversation:
             self.affinity.put(caller.conversation, decision.tier, policy.affinity.max_conversations)
+        await self.calibration.seen(policy, decision.alias, decision.score, decision.tier)
 
     async def answered(
         self,
@@ -259,14 +265,16 @@ class Controls:
 def open_controls(
     redis: str | Store | None, environ: Mapping[str, str], namespace: str = ""
 ) -> Controls:
-    """Redis-backed ledger and share window when Redis is configured (a URL, or the store the
-    rate limiter shares), else in-process ones. `namespace` (the upstream set,
-    router/routing/routed.py) keeps each upstream's spend and share apart in a shared Redis."""
+    """Redis-backed ledger, share window and live-calibration window when Redis is configured
+    (a URL, or the store the rate limiter shares), else in-process ones. `namespace` (the
+    upstream set, router/routing/routed.py) keeps each upstream's spend and share apart in a
+    shared Redis."""
     shared = open_store(redis) if isinstance(redis, str) else redis
     if shared is None:
         return Controls(environ=environ)
     return Controls(
         ledger=RedisLedger(shared, namespace=namespace),
         shares=RedisShareWindow(shared, namespace=namespace),
+        calibration=LiveCalibration(RedisScoreWindow(shared, namespace=namespace)),
         environ=environ,
     )
