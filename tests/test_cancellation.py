@@ -154,7 +154,7 @@ def test_a_stream_cut_by_the_end_of_the_shutdown_grace_gets_an_error_event(
                 lines.append(line)
         request_id = response.headers["x-flashpro-request-id"]
         assert served.process.wait(timeout=20) == 0
-        output = served.process.stdout.read() if served.process.stdout else ""
+        output = served.output()
     events = [line for line in lines if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     error = orjson.loads(events[-2][6:])["error"]
