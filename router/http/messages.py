@@ -34,6 +34,7 @@ from router.http.chat import (
     send_stream,
     serve,
 )
+from router.http.streaming import named_event
 from router.pipeline import Deps, admit, cache_plan, complete, open_stream, preview
 from router.schemas import ChatRequest
 from router.schemas_anthropic import (
@@ -128,11 +129,9 @@ async def sse(events: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIt
     becomes an `error` event, and the stream ends."""
     try:
         async for data in events:
-            name = str(data.get("type")).encode()
-            yield b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            yield named_event(data)
     except FlashproError as exc:
-        error = orjson.dumps(anthropic_error(exc, request_id))
-        yield b"event: error\ndata: " + error + b"\n\n"
+        yield named_event(anthropic_error(exc, request_id))
 
 
 class MessagesEndpoint:

@@ -32,6 +32,7 @@ from router.http.chat import (
     send_stream,
     serve,
 )
+from router.http.streaming import named_event
 from router.pipeline import Deps, admit, cache_plan, complete, open_stream
 from router.routing.auth import authorize
 from router.routing.callers import Caller, bearer_digest
@@ -96,10 +97,6 @@ def ignored_header(request: ResponsesRequest) -> dict[str, str]:
     """`x-flashpro-ignored-tools`: the hosted tools the request declared, which no tier runs."""
     ignored = request.ignored_tools()
     return {"x-flashpro-ignored-tools": ",".join(sorted(set(ignored)))} if ignored else {}
-
-
-def event_bytes(event: Mapping[str, Any]) -> bytes:
-    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 class ResponsesEndpoint:
@@ -203,10 +200,10 @@ class ResponsesEndpoint:
         with `error` and `response.failed` (Responses streams have no `[DONE]`)."""
         try:
             async for event in events:
-                yield event_bytes(event)
+                yield named_event(event)
         except FlashproError as exc:
             for event in events.failure(exc.code, exc.message, exc.param):
-                yield event_bytes(event)
+                yield named_event(event)
             return
         if events.completed is not None:
             await self._keep(deps, namespace, request, history, events.completed)

@@ -44,6 +44,11 @@ def event(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+def named_event(data: Mapping[str, Any]) -> bytes:
+    """An event named by its `type` (`event: <type>`), as the Messages and Responses APIs send."""
+    return b"event: " + str(data.get("type")).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 def shutdown_error() -> FlashproError:
     return ServiceUnavailable(
         "The server is shutting down; the stream was cut. Retry the request.", code="shutdown"
