@@ -15,35 +15,15 @@ from router.observe.record import RequestRecord
 from router.observe.rolling import Rolling, percentile
 from router.routing.decision import Decision
 from router.simulator.server import RunningSimulator
+from tests.browser import FLAGS, chromium_binary
 from tests.browser import chromium as devtools_browser
 from tests.conftest import ROOT
 from tests.test_dashboard_layout import MEASURE
 from tests.traffic import Sent, observed_flashpro, send_mix
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    if found is None:
-        pytest.skip("chromium is not installed (`make test` installs it: apt-get install chromium)")
-    return found
-
 
 def browse(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url]
+    command = [chromium_binary(), *FLAGS, f"--user-data-dir={profile}", *args, url]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
 
 
