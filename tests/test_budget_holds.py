@@ -7,8 +7,9 @@ import os
 
 import pytest
 
+from router.admission import admit
 from router.errors import FlashproError, ServiceUnavailable
-from router.pipeline import Deps, admit, cache_plan, complete
+from router.pipeline import Deps, cache_plan, complete
 from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import parse_policy
 from router.routing.routed import Routing

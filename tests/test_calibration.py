@@ -11,8 +11,9 @@ import httpx
 import pytest
 import redis
 
+from router.admission import admit
 from router.app import build_deps
-from router.pipeline import Deps, admit
+from router.pipeline import Deps
 from router.routing.classify import FixedScoreClassifier, load_classifier
 from router.routing.constrain import RoutingState
 from router.routing.decide import decide

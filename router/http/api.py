@@ -12,12 +12,13 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from router.admission import preview
 from router.http.access import any_key, client_key, monitoring_key
 from router.http.chat import decision_headers, parse_chat, read_body, request_id_for
 from router.http.messages import is_messages_body
 from router.http.messages import routable as routable_message
 from router.http.responses import is_responses_body
-from router.pipeline import Deps, preview
+from router.pipeline import Deps
 from router.schemas import ChatRequest
 
 api = APIRouter()

@@ -27,6 +27,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from router.admission import admit
 from router.errors import (
     FlashproError,
     InvalidRequest,
@@ -41,7 +42,6 @@ from router.pipeline import (
     Answer,
     Deps,
     StreamAnswer,
-    admit,
     cache_plan,
     complete,
     observe,

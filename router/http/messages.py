@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic_core import ErrorDetails
 
+from router.admission import admit, preview
 from router.errors import FlashproError, MethodNotAllowed
 from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
@@ -35,7 +36,7 @@ from router.http.chat import (
     serve,
 )
 from router.http.streaming import named_event
-from router.pipeline import Deps, admit, cache_plan, complete, open_stream, preview
+from router.pipeline import Deps, cache_plan, complete, open_stream
 from router.schemas import ChatRequest
 from router.schemas_anthropic import (
     CountTokensRequest,

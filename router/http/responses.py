@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from router.admission import admit
 from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound, clip
 from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
@@ -33,7 +34,7 @@ from router.http.chat import (
     serve,
 )
 from router.http.streaming import named_event
-from router.pipeline import Deps, admit, cache_plan, complete, open_stream
+from router.pipeline import Deps, cache_plan, complete, open_stream
 from router.routing.auth import authorize
 from router.routing.callers import Caller, bearer_digest
 from router.schemas import ChatRequest
