@@ -174,7 +174,7 @@ def test_actual_shares_count_the_tier_served_and_above() -> None:
 
 def test_decide_uses_live_thresholds_given_in_the_state() -> None:
     classifier = FixedScoreClassifier(score=0.5)
-    routing = Routing.build(POLICY, "test", classifier.threshold_for_share, {})
+    routing = Routing.build(POLICY, "test", classifier, {})
     facts = RequestFacts(model="auto-economy")
     assessment = classifier.assess(chat("auto-economy", "hi"))
     assert decide(POLICY, routing.thresholds, facts, assessment).tier == "flash"
@@ -198,8 +198,7 @@ def test_policy_refuses_live_calibration_without_shares() -> None:
 async def test_live_share_holds_after_a_traffic_shift_while_fixed_thresholds_drift() -> None:
     classifier = load_classifier()
     deps = Deps(
-        routing=Routing.build(POLICY, "test", classifier.threshold_for_share, {}),
-        classifier=classifier,
+        routing=Routing.build(POLICY, "test", classifier, {}),
         upstream=LiteLLMUpstream(secrets=()),
         memory=ReasoningMemory(),
         api_base=None,
