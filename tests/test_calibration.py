@@ -16,7 +16,7 @@ from router.app import build_deps
 from router.pipeline import Deps
 from router.routing.classify import FixedScoreClassifier, load_classifier
 from router.routing.constrain import RoutingState
-from router.routing.decide import decide
+from router.routing.decide import WARMUP, decide, live_thresholds
 from router.routing.decision import RequestFacts
 from router.routing.policy import PolicyError, parse_policy
 from router.routing.routed import Routing
@@ -24,12 +24,10 @@ from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
 from router.state import store
 from router.state.calibration import (
-    WARMUP,
     LiveCalibration,
     MemoryScoreWindow,
     RedisScoreWindow,
     actual_shares,
-    live_thresholds,
 )
 from router.state.controls import Controls, open_controls
 from router.state.reasoning import ReasoningMemory
