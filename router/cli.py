@@ -1,5 +1,5 @@
-"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score, stats,
-bench. I/O."""
+"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score, learn,
+stats, bench. I/O."""
 
 from __future__ import annotations
 
@@ -188,6 +188,13 @@ OFFLINE_COMMANDS = (  # name, help, module, argument adder, handler
         "evaluate",
         "add_bench_classifier_arguments",
         "run_bench_classifier",
+    ),
+    (
+        "learn",
+        "refit the classifier on your traffic's labels; promote it if better",
+        "learn",
+        "add_learn_arguments",
+        "run_learn",
     ),
     (
         "stats",
