@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from router.app import build_deps
+from router.cli import main
 from router.routing.callers import bearer_digest, key_digest
 from router.simulator.server import RunningSimulator
 from tests.conftest import ROOT, serve_app, settings_for
@@ -166,3 +167,16 @@ def test_unauthenticated_bearer_values_are_not_kept() -> None:
     finally:
         tracemalloc.stop()
     assert kept < 1_000_000
+
+
+def test_stats_command_sends_its_key(
+    locked: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLASHPRO_KEY", raising=False)
+    assert main(["stats", "--url", locked]) == 2
+    assert "it needs a key: pass --key" in capsys.readouterr().err
+    assert main(["stats", "--url", locked, "--key", "fp-wrong"]) == 2
+    assert "this key may not read it" in capsys.readouterr().err
+    monkeypatch.setenv("FLASHPRO_KEY", MONITOR_KEY)  # read when the command line is parsed
+    assert main(["stats", "--url", locked]) == 0
+    assert "per tier" in capsys.readouterr().out

@@ -85,7 +85,15 @@ def test_dashboard_renders_charts_in_headless_chromium(
     assert float(spend.group(1)) == pytest.approx(totals["spend_usd"], rel=0.05)
     assert float(savings.group(1)) == pytest.approx(totals["savings_usd"], rel=0.05)
     assert re.search(r'id="kpi-hit-rate">33\.3%<', html)
-    assert html.count('<span class="tier"') == 11  # recent decisions, with their reasons
+    recent = html[html.index('id="recent"') :]
+    recent = recent[: recent.index("</table>")]
+    assert recent.count('<span class="tier"') == 11  # recent decisions, with their reasons
+    # the shipped auto-economy alias (calibration: live): target vs actual share per tier
+    card = html[html.index('id="calibration-card"') :]
+    card = card[: card.index("</section>")]
+    assert "hidden" not in card[: card.index(">")]
+    target = httpx.get(base + "/v1/stats").json()["calibration"]["auto-economy"]["tiers"]["pro"]
+    assert "<td>auto-economy</td>" in card and f"{target['target'] * 100:.1f}%" in card
 
     shot = tmp_path / "dashboard.png"
     browse(

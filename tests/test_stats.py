@@ -32,6 +32,11 @@ def test_stats_prints_tiers_spend_savings_and_decisions(
         assert text in out
     for text in ("per tier", "flash", "pro", "p95", "recent decisions", "pinned:pro"):
         assert text in out
+    # the shipped auto-economy alias holds its shares on live traffic: its target is shown
+    calibration = httpx.get(served + "/v1/stats").json()["calibration"]
+    target = calibration["auto-economy"]["tiers"]["pro"]["target"]
+    assert "shares held on live traffic" in out and f"{target:.1%}" in out
+    assert "(warming up)" in out
 
 
 def test_stats_shows_whole_request_ids_and_what_the_hit_rate_is_over(

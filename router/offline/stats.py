@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,12 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
         "--url", default="http://127.0.0.1:8000", help="base URL of a running flashpro"
     )
     parser.add_argument("--recent", type=int, default=10, help="latest decisions to list")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("FLASHPRO_KEY"),
+        help="a monitoring or client key, for a flashpro with auth.required "
+        "(default: $FLASHPRO_KEY)",
+    )
 
 
 def money(values: Sequence[float | None]) -> Callable[[float | None], str]:
@@ -101,6 +108,30 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
             row["reason"],
         )
     console.print(latest)
+    calibration_table(data.get("calibration") or {}, console)
+
+
+def calibration_table(calibration: dict[str, Any], console: Console) -> None:
+    """Aliases with `calibration: live`: per tier the policy's share beside the share of the
+    scores the alias has seen, and the threshold that keeps them together."""
+    if not calibration:
+        return
+    table = Table(title="shares held on live traffic (calibration: live)")
+    for column in ("alias", "tier", "target", "actual", "threshold", "scores seen"):
+        table.add_column(column, justify="left" if column in ("alias", "tier") else "right")
+    for alias, report in calibration.items():
+        seen = f"{report['observed']}" + (" (warming up)" if report.get("warming_up") else "")
+        for tier, row in report["tiers"].items():
+            actual, threshold = row.get("actual"), row.get("threshold")
+            table.add_row(
+                alias,
+                tier,
+                f"{row['target']:.1%}",
+                "-" if actual is None else f"{actual:.1%}",
+                "-" if threshold is None else f"{threshold:.3f}",
+                seen,
+            )
+    console.print(table)
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -109,7 +140,12 @@ def run_stats(args: argparse.Namespace) -> int:
     console = table_console()
     url = args.url.rstrip("/") + "/v1/stats"
     try:
-        response = httpx.get(url, timeout=10.0)
+        headers = {"authorization": f"Bearer {args.key}"} if args.key else {}
+        response = httpx.get(url, timeout=10.0, headers=headers)
+        if response.status_code == 401:
+            needed = "this key may not read it" if args.key else "it needs a key: pass --key"
+            print(f"flashpro: cannot read {url}: {needed}", file=sys.stderr)
+            return 2
         response.raise_for_status()
     except httpx.HTTPError as exc:
         print(f"flashpro: cannot read {url}: {exc}", file=sys.stderr)  # one line, unwrapped
