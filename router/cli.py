@@ -20,6 +20,7 @@ from router.routing.policy import Policy, PolicyError, json_schema, load_policy
 if TYPE_CHECKING:
     from router.schemas import ChatRequest
     from router.simulator.server import SimulatorConfig
+    from router.simulator.truth import GroundTruth
 
 Handler = Callable[[argparse.Namespace], int]
 SIMULATE_SPEED = 0.1  # `serve --simulate`: realistic pacing, ten times faster
@@ -395,7 +396,6 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
     from router.simulator.server import SimulatorConfig, default_profiles
-    from router.simulator.truth import GroundTruth, load_truth
 
     profiles = default_profiles()
     base = profiles["deepseek-v4-flash"]
@@ -411,10 +411,17 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         fault_status=args.fault_status,
         seed=args.seed,
         max_output_tokens=args.max_output_tokens,
-        truth=None
-        if args.truth is None
-        else GroundTruth(load_truth(args.truth), args.judge_noise, args.seed),
+        truth=None if args.truth is None else _ground_truth(args),
     )
+
+
+def _ground_truth(args: argparse.Namespace) -> GroundTruth:
+    from router.simulator.truth import GroundTruth, load_truth
+
+    try:
+        return GroundTruth(load_truth(args.truth), args.judge_noise, args.seed)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"--truth {args.truth}: {exc}") from None
 
 
 def _model_value(text: str) -> tuple[str, float]:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from router.cli import add_simulator_arguments, simulator_config
+from router.cli import add_simulator_arguments, main, simulator_config
 from router.simulator.server import (
     RunningSimulator,
     SimulatorConfig,
@@ -155,6 +155,12 @@ def test_cli_truth_flags_build_the_ground_truth() -> None:
     assert truth is not None and truth.judge_noise == 0.25
     assert truth.difficulty is hashed_difficulty
     assert simulator_config(parser.parse_args([])).truth is None
+
+
+def test_cli_rejects_a_truth_it_cannot_import(capsys: pytest.CaptureFixture[str]) -> None:
+    for spec in ("no_colon", "no_such_module_here:f", "router.simulator.truth:GOOD"):
+        assert main(["simulate-upstream", "--truth", spec, "--port", "0"]) == 2
+        assert f"--truth {spec}" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
