@@ -302,10 +302,10 @@ def run_route(args: argparse.Namespace) -> int:
     if policy is None:
         return 2
     classifier = load_classifier(None)
-    routing = Routing.build(policy, "cli", classifier.threshold_for_share, {})
+    routing = Routing.build(policy, "cli", classifier, {})
     request = _route_request(args)
     headers = dict(args.header)
-    assessment = classifier.assess(request)
+    assessment = routing.classifier.assess(request)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     try:
         decision = decide(policy, routing.thresholds, facts, assessment)

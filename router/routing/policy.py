@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router.routing.learning import Learning, learning_problems
 from router.routing.limits import Limits, check_key_digests, limit_problems
 from router.routing.problems import Problems, describe, yaml_problem
 
@@ -359,6 +360,11 @@ class Policy(Limits):
     observability: Observability = Field(
         default_factory=Observability, description="Metrics labels, logs and the decision log."
     )
+    learning: Learning | None = Field(
+        default=None,
+        description="Shadow comparisons that label live traffic for `flashpro learn` "
+        "(opt-in: absent, nothing is compared).",
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Policy:
@@ -438,6 +444,7 @@ def _cross_reference_problems(policy: Policy) -> list[str]:
         if lo in policy.tiers and hi in policy.tiers and tiers.index(lo) > tiers.index(hi):
             problems.append(f"rules[{i}].then: min_tier '{lo}' is above max_tier '{hi}'")
     problems.extend(limit_problems(policy, tiers, list(policy.aliases)))
+    problems.extend(learning_problems(policy.learning, tiers, list(policy.aliases)))
     return problems
 
 
