@@ -20,6 +20,7 @@ from router.routing.policy import Policy, PolicyError, json_schema, load_policy
 if TYPE_CHECKING:
     from router.schemas import ChatRequest
     from router.simulator.server import SimulatorConfig
+    from router.simulator.truth import GroundTruth
 
 Handler = Callable[[argparse.Namespace], int]
 SIMULATE_SPEED = 0.1  # `serve --simulate`: realistic pacing, ten times faster
@@ -379,7 +380,22 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-status", type=int, default=500, help="status of those failures (default 500)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the fault, answer-quality and judge draws"
+    )
+    parser.add_argument(
+        "--truth",
+        metavar="MODULE:FUNCTION",
+        help="ground truth: a function (prompt text) -> hidden difficulty in [0, 1]; answers "
+        "then end with a quality marker and judge requests get a verdict "
+        "(e.g. router.simulator.truth:hashed_difficulty)",
+    )
+    parser.add_argument(
+        "--judge-noise",
+        type=float,
+        default=0.1,
+        help="with --truth: the chance that a simulated judgement is wrong (default 0.1)",
+    )
     parser.add_argument(
         "--max-output-tokens", type=int, default=400, help="longest answer, in tokens"
     )
@@ -402,7 +418,17 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         fault_status=args.fault_status,
         seed=args.seed,
         max_output_tokens=args.max_output_tokens,
+        truth=None if args.truth is None else _ground_truth(args),
     )
+
+
+def _ground_truth(args: argparse.Namespace) -> GroundTruth:
+    from router.simulator.truth import GroundTruth, load_truth
+
+    try:
+        return GroundTruth(load_truth(args.truth), args.judge_noise, args.seed)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"--truth {args.truth}: {exc}") from None
 
 
 def _model_value(text: str) -> tuple[str, float]:
