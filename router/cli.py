@@ -190,13 +190,7 @@ OFFLINE_COMMANDS = (  # name, help, module, argument adder, handler
         "add_bench_classifier_arguments",
         "run_bench_classifier",
     ),
-    (
-        "learn",
-        "refit the classifier on your traffic's labels; promote it if better",
-        "learn",
-        "add_learn_arguments",
-        "run_learn",
-    ),
+    ("learn", "learn from labelled traffic", "learn", "add_learn_arguments", "run_learn"),
     (
         "stats",
         "summarise a running flashpro's traffic",
