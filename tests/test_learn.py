@@ -253,6 +253,12 @@ def test_running_processes_pick_up_promotions_rollbacks_and_refuse_a_corrupt_blo
             wait_until(lambda b=base: ready(b)["classifier_version"] == learned, 30, "the swap")
         after = [route(b, question) for b in bases]
         assert after[0] == after[1] and after[0] > before[0] == before[1]
+        model = httpx.get(bases[1] + "/v1/stats", timeout=30).json()["learning"]["model"]
+        assert model["version"] == learned and model["previous"] == shipped
+        assert model["apgr_after"] > model["apgr_before"] + 0.1 and model["heldout_n"] > 100
+        assert main(["stats", "--url", bases[0]]) == 0
+        shown = capsys.readouterr().out
+        assert learned in shown and "promoted model, held-out APGR" in shown
 
         garbage = b"PK\x03\x04 not really an artifact"
         bad = classifier_version(garbage, "learned")

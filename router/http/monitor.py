@@ -22,6 +22,8 @@ from router.pipeline import Deps
 from router.routing.callers import Caller
 from router.routing.constrain import Spent
 from router.state.controls import budget_scopes
+from router.state.models import promotion
+from router.state.store import StoreDown
 
 FEEDBACK_MAX_BYTES = 64 * 1024
 
@@ -69,7 +71,20 @@ async def stats(request: Request) -> Response:
     data["calibration"] = await deps.controls.calibration.report(
         deps.live.policy, deps.live.thresholds
     )
+    data["classifier_version"] = deps.live.classifier_version
+    data.setdefault("learning", {})["model"] = await model_figures(deps)
     return Response(orjson.dumps(data), media_type="application/json")
+
+
+async def model_figures(deps: Deps) -> dict[str, Any]:
+    """The live classifier: its version, a failed reload's error and, for a promoted one, the
+    report that promoted it (held-out APGR before and after)."""
+    version = deps.live.classifier_version
+    try:
+        report = await deps.models.report(version) if version.startswith("learned-") else None
+    except StoreDown:
+        report = None
+    return {"version": version, "reload_error": deps.holder.model_error, **promotion(report)}
 
 
 @monitor.get("/dashboard")
