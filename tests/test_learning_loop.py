@@ -46,7 +46,7 @@ LIVE_SHARE = 0.12
 FIXED = "economy-fixed"  # the same shares with the calibration set's thresholds
 REPLAYED = 900  # fit prompts replayed through the proxy (each one compared)
 MIN_LABELS = 600
-CLIENTS = 16
+CLIENTS = 8
 LABELS_KEY = "flashpro:v1:learning:labels"
 LEARNING = f"""
 learning:
@@ -58,7 +58,7 @@ learning:
   judge_tier: pro
   compare: [flash, pro]
   aliases: [{LEARNING_ALIAS}]
-  max_in_flight: 64
+  max_in_flight: 128
   timeout_s: 60
 """
 
@@ -182,6 +182,12 @@ def routing_apgr(scores: Sequence[float], prompts: Sequence[str]) -> float:
     return apgr(routing_curve(scores, strong, weak))
 
 
+def comparisons_done(base: str) -> bool:
+    """No shadow comparison is running any more (GET /v1/stats)."""
+    learning = httpx.get(base + "/v1/stats", timeout=10).json()["learning"]
+    return bool(learning["in_flight"] == 0)
+
+
 def classifier_version(base: str) -> str:
     return str(httpx.get(base + "/readyz", timeout=10).json()["classifier_version"])
 
@@ -195,8 +201,9 @@ def test_learning_from_judged_traffic_raises_routing_quality(loop: Loop) -> None
     replayed = random.Random(5).sample(fit_prompts(), REPLAYED)
     asyncio.run(replay(loop.proxy, LEARNING_ALIAS, replayed))
     store = redis.Redis.from_url(loop.redis_url)
-    wait_until(lambda: store.zcard(LABELS_KEY) >= MIN_LABELS, timeout_s=120, what="labels")
+    wait_until(lambda: comparisons_done(loop.proxy), timeout_s=120, what="the comparisons")
     labels = store.zcard(LABELS_KEY)
+    assert labels >= MIN_LABELS
 
     learned = subprocess.run(
         [sys.executable, "-m", "router", "learn", "--redis-url", loop.redis_url],
