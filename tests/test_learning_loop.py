@@ -201,9 +201,12 @@ def test_learning_from_judged_traffic_raises_routing_quality(loop: Loop) -> None
     replayed = random.Random(5).sample(fit_prompts(), REPLAYED)
     asyncio.run(replay(loop.proxy, LEARNING_ALIAS, replayed))
     store = redis.Redis.from_url(loop.redis_url)
-    wait_until(lambda: comparisons_done(loop.proxy), timeout_s=120, what="the comparisons")
+    wait_until(
+        lambda: store.zcard(LABELS_KEY) >= MIN_LABELS and comparisons_done(loop.proxy),
+        timeout_s=120,
+        what=f"{MIN_LABELS} labels",
+    )
     labels = store.zcard(LABELS_KEY)
-    assert labels >= MIN_LABELS
 
     learned = subprocess.run(
         [sys.executable, "-m", "router", "learn", "--redis-url", loop.redis_url],
