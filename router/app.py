@@ -25,7 +25,7 @@ from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.http.messages import PATHS as MESSAGES_PATHS
 from router.http.messages import MessagesEndpoint
 from router.http.monitor import monitor
-from router.http.reload import hot_reload
+from router.http.reload import ModelReloader, hot_reload
 from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
@@ -35,6 +35,7 @@ from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing
 from router.settings import Settings
 from router.state.controls import open_controls
+from router.state.models import open_models
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
 from router.state.reasoning import open_reasoning
@@ -75,6 +76,7 @@ def build_deps(settings: Settings) -> Deps:
             settings.responses_ttl_seconds,
             settings.responses_max_entry_bytes,
         ),
+        models=open_models(settings.redis_url),
     )
 
 
@@ -117,7 +119,11 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         def rebuild(policy: Policy, version: str) -> Routing:
             return live.live.with_policy(policy, version, os.environ)  # keeps the live model
 
-        reloading = hot_reload(live.holder, settings.policy, rebuild, settings.policy_poll_seconds)
+        started = (live.routing.classifier, live.routing.classifier_version)
+        models = ModelReloader(live.holder, live.models, started, os.environ)
+        reloading = hot_reload(
+            live.holder, settings.policy, rebuild, settings.policy_poll_seconds, models
+        )
         async with reloading, live.observer.running():  # the decision log flushes in between
             yield
         await app.state.deps.cache.aclose()
@@ -125,6 +131,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         await live.memory.aclose()
         await live.rates.aclose()
         await live.responses.aclose()
+        await live.models.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()

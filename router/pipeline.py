@@ -36,6 +36,7 @@ from router.state.cache import (
     plan_for,
 )
 from router.state.controls import Controls
+from router.state.models import MemoryModelStore, ModelStore
 from router.state.ratelimit import RateLimiter, limits_for
 from router.state.reasoning import ReasoningStore
 from router.state.responses import ResponseStore
@@ -64,6 +65,7 @@ class Deps:
     concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
     responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
+    models: ModelStore = field(default_factory=MemoryModelStore)  # promoted classifiers
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
