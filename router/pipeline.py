@@ -36,6 +36,7 @@ from router.state.cache import (
     plan_for,
 )
 from router.state.controls import Controls
+from router.state.labels import LabelStore, MemoryLabelStore
 from router.state.ratelimit import RateLimiter, limits_for
 from router.state.reasoning import ReasoningStore
 from router.state.responses import ResponseStore
@@ -65,6 +66,7 @@ class Deps:
     concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
     responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
+    labels: LabelStore = field(default_factory=MemoryLabelStore)  # shadow comparisons' labels
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -98,6 +100,7 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
+    assembled: list[dict[str, Any]] = field(default_factory=list)  # the body, once complete
 
 
 def _routing(deps: Deps, routed: Routed) -> Routing:
@@ -138,7 +141,7 @@ async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
     return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
 
 
-async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
+async def slot(deps: Deps, routed: Routed) -> Callable[[], None]:
     """A place under the tier's `max_concurrency` (per account and model); its release."""
     routing, name = _routing(deps, routed), routed.decision.tier
     tier, metrics = routing.policy.tiers[name], deps.observer.metrics
@@ -232,7 +235,7 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan, gone: Gone) -> Answ
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
-        release = await _slot(deps, attempt)
+        release = await slot(deps, attempt)
         try:
             return await deps.upstream.complete(await upstream_call(deps, attempt))
         except FlashproError as exc:
@@ -368,8 +371,10 @@ async def open_stream(
         raise
     (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
-    relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()), gone)
-    return StreamAnswer(routed.decision, relay, plan.status, trail=trail)
+    assembled: list[dict[str, Any]] = []
+    timing = (started, time.monotonic())
+    relay = _relay(deps, routed, store_plan, first, chunks, timing, gone, assembled)
+    return StreamAnswer(routed.decision, relay, plan.status, trail=trail, assembled=assembled)
 
 
 async def _first_chunk(
@@ -378,7 +383,7 @@ async def _first_chunk(
     """Open the upstream stream and wait for its first chunk, so failures surface here (the
     upstream's keep-alives meanwhile go to `waiting`); the stream holds its concurrency slot
     until it ends."""
-    release = await _slot(deps, routed)
+    release = await slot(deps, routed)
     chunks: AsyncIterator[Chunk] | None = None
     try:
         chunks = await deps.upstream.stream(await upstream_call(deps, routed))
@@ -414,8 +419,10 @@ async def _relay(
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
     gone: Gone = _client_left,
+    assembled: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Relay chunks as the client's format has them, assembling the answer as it goes."""
+    """Relay chunks as the client's format has them, assembling the answer as it goes (and
+    into `assembled` once complete)."""
     wire = format_of(routed)
     assembler = wire.assembler()
     try:
@@ -439,6 +446,8 @@ async def _relay(
         started, first_at = timing or (time.monotonic(), None)
         await _answered(deps, routed, usage, cost, started, first_at, plan.status)
         await _store(deps, plan, routed, body, cost)
+        if assembled is not None:
+            assembled.append(body)
 
 
 async def _cut(

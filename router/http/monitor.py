@@ -21,6 +21,7 @@ from router.http.chat import read_body
 from router.pipeline import Deps
 from router.routing.callers import Caller
 from router.routing.constrain import Spent
+from router.shadow import Shadows
 from router.state.controls import budget_scopes
 
 FEEDBACK_MAX_BYTES = 64 * 1024
@@ -69,6 +70,8 @@ async def stats(request: Request) -> Response:
     data["calibration"] = await deps.controls.calibration.report(
         deps.live.policy, deps.live.thresholds
     )
+    shadows: Shadows = request.app.state.shadows
+    data["learning"] = await shadows.report(deps)
     return Response(orjson.dumps(data), media_type="application/json")
 
 
