@@ -228,10 +228,8 @@ class Shadows:
         strong_text, weak_text = (
             (other_text, job.served_text) if other == job.strong else (job.served_text, other_text)
         )
-        first, second = await asyncio.gather(
-            self._judge(deps, job, strong_text, weak_text),
-            self._judge(deps, job, weak_text, strong_text),
-        )
+        first = await self._judge(deps, job, strong_text, weak_text)  # strong shown first
+        second = await self._judge(deps, job, weak_text, strong_text)  # and second
         outcome = combine(first[0], second[0])
         compared = Compared(
             routed.request_id,
