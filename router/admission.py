@@ -30,10 +30,12 @@ def route(
     caller: Caller | None = None,
     request_id: str = "",
 ) -> Routed:
-    """Classify and decide, without calling the upstream (also serves POST /v1/route)."""
-    assessment = request.derived("assessment", deps.classifier.assess, deps.classifier)
-    facts = facts_of(request, headers, assessment.prompt_tokens)
+    """Classify and decide, without calling the upstream (also serves POST /v1/route). The
+    assessment is kept on the request per classifier object: a swapped-in model scores anew."""
     routing = routing or deps.live
+    classifier = routing.classifier
+    assessment = request.derived("assessment", classifier.assess, classifier)
+    facts = facts_of(request, headers, assessment.prompt_tokens)
     decision = decide(routing.policy, routing.thresholds, facts, assessment, state)
     return Routed(request, assessment, decision, routing, caller or Caller(), headers, request_id)
 

@@ -30,7 +30,7 @@ from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
 from router.pipeline import Deps
-from router.routing.classify import load_classifier
+from router.routing.classify import load_versioned
 from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing
 from router.settings import Settings
@@ -58,13 +58,12 @@ def _client_limits(settings: Settings) -> ClientLimits:
 def build_deps(settings: Settings) -> Deps:
     """The production dependencies: policy, shipped classifier, the configured upstream."""
     policy, version = load_policy(settings.policy)
-    classifier = load_classifier(settings.classifier)
-    routing = Routing.build(policy, version, classifier.threshold_for_share, os.environ)
+    classifier, classifier_version = load_versioned(settings.classifier)
+    routing = Routing.build(policy, version, classifier, os.environ, classifier_version)
     secrets = tuple(key for key in routing.keys.values() if key)
     shared = open_store(settings.redis_url)  # the shared state behind one breaker (not the cache)
     return Deps(
         routing=routing,
-        classifier=classifier,
         upstream=open_upstream(settings.transport, secrets, _client_limits(settings)),
         memory=open_reasoning(shared),
         api_base=settings.deepseek_api_base,
@@ -112,12 +111,15 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         app.state.deps = deps or build_deps(settings)
         routing = app.state.deps.routing
         log.info(
-            "flashpro ready: policy %s, tiers %s", routing.version, ", ".join(routing.policy.tiers)
+            "flashpro ready: policy %s, classifier %s, tiers %s",
+            routing.version,
+            routing.classifier_version,
+            ", ".join(routing.policy.tiers),
         )
         live: Deps = app.state.deps
 
         def rebuild(policy: Policy, version: str) -> Routing:
-            return Routing.build(policy, version, live.classifier.threshold_for_share, os.environ)
+            return live.live.with_policy(policy, version, os.environ)  # keeps the live model
 
         reloading = hot_reload(live.holder, settings.policy, rebuild, settings.policy_poll_seconds)
         async with reloading, live.observer.running():  # the decision log flushes in between

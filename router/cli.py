@@ -20,6 +20,7 @@ from router.routing.policy import Policy, PolicyError, json_schema, load_policy
 if TYPE_CHECKING:
     from router.schemas import ChatRequest
     from router.simulator.server import SimulatorConfig
+    from router.simulator.truth import GroundTruth
 
 Handler = Callable[[argparse.Namespace], int]
 SIMULATE_SPEED = 0.1  # `serve --simulate`: realistic pacing, ten times faster
@@ -301,10 +302,10 @@ def run_route(args: argparse.Namespace) -> int:
     if policy is None:
         return 2
     classifier = load_classifier(None)
-    routing = Routing.build(policy, "cli", classifier.threshold_for_share, {})
+    routing = Routing.build(policy, "cli", classifier, {})
     request = _route_request(args)
     headers = dict(args.header)
-    assessment = classifier.assess(request)
+    assessment = routing.classifier.assess(request)
     facts = facts_of(request, headers, assessment.prompt_tokens)
     try:
         decision = decide(policy, routing.thresholds, facts, assessment)
@@ -372,7 +373,22 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-status", type=int, default=500, help="status of those failures (default 500)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the fault, answer-quality and judge draws"
+    )
+    parser.add_argument(
+        "--truth",
+        metavar="MODULE:FUNCTION",
+        help="ground truth: a function (prompt text) -> hidden difficulty in [0, 1]; answers "
+        "then end with a quality marker and judge requests get a verdict "
+        "(e.g. router.simulator.truth:hashed_difficulty)",
+    )
+    parser.add_argument(
+        "--judge-noise",
+        type=float,
+        default=0.1,
+        help="with --truth: the chance that a simulated judgement is wrong (default 0.1)",
+    )
     parser.add_argument(
         "--max-output-tokens", type=int, default=400, help="longest answer, in tokens"
     )
@@ -395,7 +411,17 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         fault_status=args.fault_status,
         seed=args.seed,
         max_output_tokens=args.max_output_tokens,
+        truth=None if args.truth is None else _ground_truth(args),
     )
+
+
+def _ground_truth(args: argparse.Namespace) -> GroundTruth:
+    from router.simulator.truth import GroundTruth, load_truth
+
+    try:
+        return GroundTruth(load_truth(args.truth), args.judge_noise, args.seed)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"--truth {args.truth}: {exc}") from None
 
 
 def _model_value(text: str) -> tuple[str, float]:

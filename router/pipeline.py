@@ -53,8 +53,7 @@ T = TypeVar("T")
 class Deps:
     """Everything a request needs, built once in the app's lifespan."""
 
-    routing: Routing
-    classifier: Classifier
+    routing: Routing  # the routing at start-up (policy and classifier); `live` is the current
     upstream: Upstream
     memory: ReasoningStore  # reasoning of tool-call turns (Redis with REDIS_URL)
     api_base: str | None  # default upstream base URL for tiers that give none
@@ -75,8 +74,13 @@ class Deps:
 
     @property
     def live(self) -> Routing:
-        """The routing new requests use (the latest valid policy)."""
+        """The routing new requests use (the latest valid policy and classifier)."""
         return self.holder.current
+
+    @property
+    def classifier(self) -> Classifier:
+        """The live classifier (part of the live routing)."""
+        return self.holder.current.classifier
 
 
 @dataclass(frozen=True, slots=True)

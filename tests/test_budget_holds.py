@@ -29,8 +29,7 @@ def deps(sim_url: str | None, budgets: str, controls: Controls) -> Deps:
     policy = parse_policy(policy_text(f"budgets: {budgets}"))
     classifier = FixedScoreClassifier(score=0.99, reasoning=True)
     return Deps(
-        routing=Routing.build(policy, "test", classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, "test", classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=sim_url,

@@ -37,8 +37,7 @@ def make_deps(simulator: RunningSimulator, backend: Cache, **rules: Any) -> Deps
     policy = policy.model_copy(update={"cache": cache, **resilience})
     classifier = FixedScoreClassifier()  # `auto` -> flash; tiers are pinned by model name
     return Deps(
-        routing=Routing.build(policy, version, classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, version, classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=simulator.url,

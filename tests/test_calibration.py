@@ -16,7 +16,7 @@ from router.app import build_deps
 from router.pipeline import Deps
 from router.routing.classify import FixedScoreClassifier, load_classifier
 from router.routing.constrain import RoutingState
-from router.routing.decide import decide
+from router.routing.decide import WARMUP, decide, live_thresholds
 from router.routing.decision import RequestFacts
 from router.routing.policy import PolicyError, parse_policy
 from router.routing.routed import Routing
@@ -24,12 +24,10 @@ from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
 from router.state import store
 from router.state.calibration import (
-    WARMUP,
     LiveCalibration,
     MemoryScoreWindow,
     RedisScoreWindow,
     actual_shares,
-    live_thresholds,
 )
 from router.state.controls import Controls, open_controls
 from router.state.reasoning import ReasoningMemory
@@ -174,7 +172,7 @@ def test_actual_shares_count_the_tier_served_and_above() -> None:
 
 def test_decide_uses_live_thresholds_given_in_the_state() -> None:
     classifier = FixedScoreClassifier(score=0.5)
-    routing = Routing.build(POLICY, "test", classifier.threshold_for_share, {})
+    routing = Routing.build(POLICY, "test", classifier, {})
     facts = RequestFacts(model="auto-economy")
     assessment = classifier.assess(chat("auto-economy", "hi"))
     assert decide(POLICY, routing.thresholds, facts, assessment).tier == "flash"
@@ -198,8 +196,7 @@ def test_policy_refuses_live_calibration_without_shares() -> None:
 async def test_live_share_holds_after_a_traffic_shift_while_fixed_thresholds_drift() -> None:
     classifier = load_classifier()
     deps = Deps(
-        routing=Routing.build(POLICY, "test", classifier.threshold_for_share, {}),
-        classifier=classifier,
+        routing=Routing.build(POLICY, "test", classifier, {}),
         upstream=LiteLLMUpstream(secrets=()),
         memory=ReasoningMemory(),
         api_base=None,

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from router.http.chat import Intake, request_id_for
 from router.observe.logs import ACCESS_LOGGER, configure_access_log, emit, flush_access_log
 from router.observe.observer import Observer
 from router.routing.classify import Assessment, Classifier
+from router.routing.routed import RoutingHolder
 from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
 from tests.conftest import serve_app, settings_for, wait_until
@@ -109,7 +111,8 @@ def test_a_repeated_body_is_classified_once_and_still_answered_each_time(
     settings = settings_for(simulator)
     deps = build_deps(settings)
     counting = CountingClassifier(deps.classifier)
-    deps = replace(deps, classifier=counting, holder=deps.holder)
+    routing = deps.routing.with_classifier(counting, "counting", os.environ)
+    deps = replace(deps, routing=routing, holder=RoutingHolder(routing))
     with serve_app(settings, deps) as base:
         url = base + "/v1/chat/completions"
         headers = {"content-type": "application/json"}

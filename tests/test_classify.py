@@ -10,8 +10,11 @@ from router.routing.classify import (
     Calibration,
     DifficultyClassifier,
     Head,
+    classifier_version,
     estimate_tokens,
     load_classifier,
+    load_versioned,
+    read_classifier,
 )
 from router.routing.features import DENSE_NAMES, HASH_BUCKETS, N_DENSE, N_FEATURES, extract
 from router.schemas import ChatRequest
@@ -89,6 +92,34 @@ def test_artifact_of_another_format_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="retrain"):
         load_classifier(path)
+
+
+def test_artifact_bytes_are_checked_whole_before_use() -> None:
+    model = random_classifier()
+    data = model.to_bytes()
+    assert read_classifier(data).assess(chat("hello")) == model.assess(chat("hello"))
+    for broken in (b"", b"not a zip", data[: len(data) // 2], data[:-40] + b"\0" * 40):
+        with pytest.raises(ValueError):
+            read_classifier(broken)
+    weights = model.gain.weights.copy()
+    weights[3] = np.nan
+    poisoned = DifficultyClassifier(
+        model.difficulty, Head(weights, 0.0), model.blend, model.calibration, model.reference
+    )
+    with pytest.raises(ValueError, match="finite"):
+        read_classifier(poisoned.to_bytes())
+    with pytest.raises(ValueError, match="over"):
+        read_classifier(b"\0" * (33 * 1024 * 1024))
+
+
+def test_versions_name_the_artifact_by_its_bytes(tmp_path: Path) -> None:
+    version = load_versioned()[1]
+    assert version.startswith("shipped-") and len(version) == len("shipped-") + 12
+    assert load_versioned()[1] == version
+    random_classifier().save(tmp_path / "m.npz")
+    model, other = load_versioned(tmp_path / "m.npz")
+    assert other == classifier_version((tmp_path / "m.npz").read_bytes(), "file") != version
+    assert model.info == {"m": "x"}
 
 
 def plain_parts(model: DifficultyClassifier, request: ChatRequest) -> tuple[float, float]:

@@ -46,8 +46,7 @@ def deps_for(
     policy = parse_policy(policy_text(extra))
     classifier = FixedScoreClassifier(score=score, reasoning=reasoning)
     return Deps(
-        routing=Routing.build(policy, "test", classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, "test", classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=sim.url,

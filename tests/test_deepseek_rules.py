@@ -66,10 +66,9 @@ def deps_of(
     if policy is None:
         policy = load_policy(None)[0]
     classifier = FixedScoreClassifier(score=score, reasoning=True)
-    routing = Routing.build(policy, "test", classifier.threshold_for_share, os.environ)
+    routing = Routing.build(policy, "test", classifier, os.environ)
     return Deps(
         routing=routing,
-        classifier=classifier,
         upstream=open_upstream(transport, (UPSTREAM_KEY,)),  # type: ignore[arg-type]
         memory=open_reasoning(redis_url),
         api_base=sim.url,

@@ -53,8 +53,7 @@ def fixed_deps(upstream_env: None) -> Iterator[Deps]:
     policy = policy.model_copy(update={"tiers": timeouts, **no_retries, **no_breaker})
     classifier = FixedScoreClassifier(score=0.99, reasoning=True)
     yield Deps(
-        routing=Routing.build(policy, version, classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, version, classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=None,

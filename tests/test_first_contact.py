@@ -20,8 +20,11 @@ def test_root_says_what_runs_here(flashpro: str) -> None:
         assert httpx.get(flashpro + path).status_code != 404 or path == "/v1/chat/completions"
 
 
-def test_readyz_says_the_embedded_policy_is_live(flashpro: str) -> None:
-    assert httpx.get(flashpro + "/readyz").json()["policy_file"] is None
+def test_readyz_says_the_embedded_policy_and_shipped_classifier_are_live(flashpro: str) -> None:
+    ready = httpx.get(flashpro + "/readyz").json()
+    assert ready["policy_file"] is None
+    assert re.fullmatch(r"shipped-[0-9a-f]{12}", ready["classifier_version"])
+    assert ready["classifier_reload_error"] is None
 
 
 def test_a_wrong_method_is_a_405_with_its_own_code(flashpro: str) -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import httpx
 
+from router.admission import route
 from router.http.reload import hot_reload
 from router.pipeline import Deps
-from router.routing.classify import FixedScoreClassifier
+from router.routing.classify import FixedScoreClassifier, load_classifier
 from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing, RoutingHolder
+from router.schemas import ChatRequest
 from router.simulator.server import RunningSimulator
 from router.state.reasoning import ReasoningMemory
 from router.upstream.base import LiteLLMUpstream
@@ -55,8 +57,7 @@ def test_edited_policy_takes_effect_and_invalid_edit_does_not(
     policy, version = load_policy(path)
     classifier = FixedScoreClassifier(score=0.99, reasoning=True)
     deps = Deps(
-        routing=Routing.build(policy, version, classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, version, classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=sim.url,
@@ -94,7 +95,7 @@ async def test_sighup_reloads_without_polling(tmp_path: Path) -> None:
     classifier = FixedScoreClassifier()
 
     def build(policy: Policy, version: str) -> Routing:
-        return Routing.build(policy, version, classifier.threshold_for_share, {})
+        return Routing.build(policy, version, classifier, {})
 
     holder = RoutingHolder(build(policy, version))
     async with hot_reload(holder, path, build, interval_s=0):
@@ -108,3 +109,48 @@ async def test_sighup_reloads_without_polling(tmp_path: Path) -> None:
                 break
     assert holder.current.version != version
     assert holder.current.policy.rules[0].name == "everything-on-flash"
+
+
+async def test_a_policy_reload_keeps_the_live_classifier(tmp_path: Path) -> None:
+    original = (ROOT / "policies" / "default.yaml").read_text()
+    path = tmp_path / "policy.yaml"
+    path.write_text(original)
+    policy, version = load_policy(path)
+    started = Routing.build(policy, version, FixedScoreClassifier(0.1), {}, "shipped-a")
+    holder = RoutingHolder(started)
+    learned = FixedScoreClassifier(0.9)
+    holder.swap(started.with_classifier(learned, "learned-b", {}))
+
+    def build(policy: Policy, version: str) -> Routing:
+        return holder.current.with_policy(policy, version, {})
+
+    async with hot_reload(holder, path, build, interval_s=0) as reloader:
+        path.write_text(with_rule(original, FLASH_FOR_ALL))
+        assert reloader is not None and reloader.check(force=True)
+    assert holder.current.version != version
+    assert holder.current.classifier is learned
+    assert holder.current.classifier_version == "learned-b"
+
+
+def test_thresholds_follow_the_classifier_and_a_swap_scores_anew() -> None:
+    policy, version = load_policy(ROOT / "policies" / "default.yaml")
+    low, shipped = FixedScoreClassifier(0.1), load_classifier()
+    deps = Deps(
+        routing=Routing.build(policy, version, low, {}, "shipped-a"),
+        upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
+        memory=ReasoningMemory(),
+        api_base=None,
+    )
+    request = ChatRequest(model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert route(deps, request, {}).assessment.score == 0.1
+    swapped = deps.live.with_classifier(shipped, "learned-b", {})
+    deps.holder.swap(swapped)
+    assert deps.classifier is shipped
+    rescored = route(deps, request, {}).assessment.score  # the same request object
+    assert rescored == shipped.assess(request).score != 0.1
+    shares = policy.aliases["auto"].shares or {}
+    steps = dict(swapped.thresholds["auto"].steps)
+    assert shares and all(  # thresholds come from the swapped-in calibration
+        steps[tier] == shipped.threshold_for_share(share) != 1 - share
+        for tier, share in shares.items()
+    )

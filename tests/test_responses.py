@@ -68,8 +68,7 @@ def fixed(simulator: RunningSimulator, upstream_env: None) -> Iterator[str]:
     policy, version = load_policy(None)
     classifier = FixedScoreClassifier(score=0.0, reasoning=False)
     deps = Deps(
-        routing=Routing.build(policy, version, classifier.threshold_for_share, os.environ),
-        classifier=classifier,
+        routing=Routing.build(policy, version, classifier, os.environ),
         upstream=LiteLLMUpstream(secrets=(UPSTREAM_KEY,)),
         memory=ReasoningMemory(),
         api_base=simulator.url,

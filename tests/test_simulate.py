@@ -97,6 +97,22 @@ def test_simulate_matches_a_hand_computation() -> None:
     assert pro.latency_p95_ms == 11000
 
 
+def test_a_live_alias_is_simulated_at_the_steps_its_own_traffic_settles_on() -> None:
+    live = POLICY + (
+        "  economy: {default_tier: flash, shares: {pro: 0.25}, calibration: live}\n"
+        "  economy-fixed: {default_tier: flash, shares: {pro: 0.25}}\n"
+    )
+    policy = parse_policy(live)
+    thresholds = resolve_thresholds(policy, lambda share: 1.0 - share)  # pro at 0.75: none
+    rows = [ROWS[0], ROWS[3], ROWS[3], ROWS[1]] * 60  # scores 0.1, 0.2, 0.2, 0.6
+    fixed = simulate(policy, thresholds, ScoreTable(), rows, "economy-fixed")[0]
+    settled = simulate(policy, thresholds, ScoreTable(), rows, "economy")[0]
+    assert fixed.shares["pro"] == 0.0
+    assert settled.shares["pro"] == 0.25  # its step settles at 0.6: the policy's share
+    few = simulate(policy, thresholds, ScoreTable(), rows[:10], "economy")[0]
+    assert few.shares["pro"] == 0.0  # warming up: the calibration set's steps
+
+
 def test_percentile_is_nearest_rank() -> None:
     assert percentile(range(1, 101), 0.95) == 95
     assert percentile([], 0.95) == 0.0

@@ -436,3 +436,21 @@ def test_anthropic_format_calls_always_go_direct() -> None:
 
     asyncio.run(go())
     assert other.models == ["deepseek/deepseek-v4-pro"]
+
+
+def test_image_parts_go_through_on_a_vision_tier_whatever_its_model_is_named() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    parts = [{"type": "text", "text": "what is this?"}, image]
+    call = UpstreamCall(
+        "deepseek/deepseek-v4-pro",
+        [{"role": "user", "content": parts}],
+        {},
+        "disabled",
+        None,
+        None,
+        None,
+        1.0,
+    )
+    assert request_body(call, stream=False)["messages"][0]["content"] == "what is this?"
+    sent = request_body(replace(call, vision=True), stream=False)["messages"][0]["content"]
+    assert sent == parts

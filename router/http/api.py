@@ -153,6 +153,8 @@ async def readyz(request: Request) -> Response:
         # which file is live: None is the default embedded in the package
         "policy_file": str(request.app.state.settings.policy or "") or None,
         "policy_reload_error": deps.holder.last_error,
+        "classifier_version": deps.live.classifier_version,
+        "classifier_reload_error": deps.holder.model_error,
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
     }
     return json_response(body)

@@ -54,6 +54,7 @@ class PolicyReloader:
         except PolicyError as exc:
             return self._failed(str(exc), version)
         self._holder.swap(routing)
+        self._holder.last_error = None
         self._failed_version = None
         log.info("policy %s reloaded: version %s is live", self._path, version)
         return True

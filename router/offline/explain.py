@@ -35,12 +35,21 @@ def explain(policy: Policy, thresholds: Mapping[str, Thresholds], console: Conso
     aliases = Table(title="aliases: the score picks the highest step it reaches")
     for column in ("alias", "below every step", "score steps", "max latency"):
         aliases.add_column(column)
+    live = []
     for name, alias in policy.aliases.items():
         steps = thresholds[name]
         shown = ", ".join(f"{tier} >= {value:.4f}" for tier, value in steps.steps)
+        if alias.calibration == "live":
+            live.append(name)
+            shown += " (live: these until 200 scores are seen)"
         latency = f"{alias.max_latency_ms:g} ms" if alias.max_latency_ms else "-"
         aliases.add_row(name, steps.default_tier, shown, latency)
     console.print(aliases)
+    if live:
+        console.print(
+            f"{', '.join(live)}: calibration: live, so on a running flashpro the steps follow the "
+            "scores each alias sees to keep its shares (see `flashpro stats` or /v1/stats)."
+        )
 
     rules = Table(title="rules, in order: the first that changes the outcome wins")
     for column in ("#", "rule", "when", "then"):

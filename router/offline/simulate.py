@@ -13,7 +13,7 @@ from pathlib import Path
 
 from router.offline.inputs import read_jsonl, row_error
 from router.routing.classify import Classifier
-from router.routing.decide import decide
+from router.routing.decide import decide, live_thresholds
 from router.routing.decision import RequestFacts, Thresholds
 from router.routing.latency import expected_latency_ms, expected_tokens, profile_of
 from router.routing.policy import Policy
@@ -68,13 +68,25 @@ def simulate(
     rows: Sequence[Row],
     alias: str,
 ) -> list[Outcome]:
-    """The policy beside all-cheapest-tier and all-Pro, over `rows` routed as `alias`."""
-    chosen: list[tuple[str, int]] = []  # (tier, prompt tokens) per row
-    for row in rows:
-        request = ChatRequest.model_validate(
-            {"model": alias, "messages": [{"role": "user", "content": row.prompt}]}
+    """The policy beside all-cheapest-tier and all-Pro, over `rows` routed as `alias`.
+
+    An alias with `calibration: live` is given the steps its live calibration settles on when
+    `rows` are its traffic: the quantiles of their own scores (the fixed ones below WARMUP rows).
+    """
+    assessments = [
+        classifier.assess(
+            ChatRequest.model_validate(
+                {"model": alias, "messages": [{"role": "user", "content": row.prompt}]}
+            )
         )
-        assessment = classifier.assess(request)
+        for row in rows
+    ]
+    spec = policy.aliases.get(alias)
+    if spec is not None and spec.calibration == "live":
+        settled = live_thresholds(policy, alias, [a.score for a in assessments])
+        thresholds = {**thresholds, alias: settled or thresholds[alias]}
+    chosen: list[tuple[str, int]] = []  # (tier, prompt tokens) per row
+    for assessment in assessments:
         facts = RequestFacts(alias, prompt_tokens=assessment.prompt_tokens)
         decision = decide(policy, thresholds, facts, assessment)
         chosen.append((decision.tier, assessment.prompt_tokens))

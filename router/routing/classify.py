@@ -1,9 +1,10 @@
 """Score how hard a request is and how much a stronger tier would gain: the `Classifier` interface.
 
-Pure, except `DifficultyClassifier.save` and `load_classifier`, which write and read the model
-artifact (an NPZ of plain arrays plus a JSON header, read with `allow_pickle=False`). Scoring
-needs numpy only; the model is fitted by `router.offline.train`, the one module that uses
-scikit-learn.
+Pure, except `DifficultyClassifier.save`, `load_classifier` and `load_versioned`, which write and
+read the model artifact (an NPZ of plain arrays plus a JSON header, read with
+`allow_pickle=False`; `read_classifier` checks an artifact's bytes, from a file or the model store,
+before anything uses them). Scoring needs numpy only; the model is fitted by
+`router.offline.train`, the one module that uses scikit-learn.
 
 Two linear heads read the same features (`router.routing.features`):
 
@@ -20,8 +21,12 @@ hard work the order is the difficulty's. A logistic squash puts the result in [0
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +52,9 @@ from router.schemas import ChatRequest
 
 ARTIFACT_FORMAT = "flashpro-two-heads-v1"
 SHIPPED_ARTIFACT = "data/classifier.npz"
+# An artifact is about 1 MB; anything past these bounds is refused before it is unpacked.
+MAX_ARTIFACT_BYTES = 32 * 1024 * 1024
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 # Up to this many buckets, summing their weights one by one in Python beats numpy, whose fixed
 # cost per call (building an index array, gathering) is a few microseconds.
 _PYTHON_SUM_MAX = 48
@@ -301,6 +309,10 @@ class DifficultyClassifier:
 
     def save(self, path: Path) -> None:
         """Write the artifact: an NPZ of plain arrays (no pickle), non-zero weights only."""
+        path.write_bytes(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The artifact's bytes (what `save` writes)."""
         meta = {
             "format": ARTIFACT_FORMAT,
             "features": FEATURES_VERSION,
@@ -318,8 +330,9 @@ class DifficultyClassifier:
             arrays[f"{name}_index"] = nonzero
             arrays[f"{name}_weight"] = head.weights[nonzero].astype(np.float32)
             arrays[f"{name}_bias"] = np.array([head.bias])
-        with path.open("wb") as out:
-            np.savez_compressed(out, allow_pickle=False, **arrays)
+        out = io.BytesIO()
+        np.savez_compressed(out, allow_pickle=False, **arrays)
+        return out.getvalue()
 
 
 def difficulty_words(difficulty: float) -> str:
@@ -385,9 +398,48 @@ def _read_artifact(stream: IO[bytes]) -> DifficultyClassifier:
 
 def load_classifier(path: Path | None = None) -> DifficultyClassifier:
     """Load an artifact written by `save`; None loads the one shipped in the package."""
+    return load_versioned(path)[0]
+
+
+def load_versioned(path: Path | None = None) -> tuple[DifficultyClassifier, str]:
+    """An artifact and its version: `shipped-<sha12>` for the one in the package (None),
+    `file-<sha12>` for another file. OSError when it cannot be read, ValueError when it is not
+    an artifact."""
     if path is not None:
-        with path.open("rb") as stream:
-            return _read_artifact(stream)
-    shipped = resources.files("router").joinpath(SHIPPED_ARTIFACT)
-    with shipped.open("rb") as stream:
-        return _read_artifact(stream)
+        data = path.read_bytes()
+        return read_classifier(data), classifier_version(data, "file")
+    data = resources.files("router").joinpath(SHIPPED_ARTIFACT).read_bytes()
+    return read_classifier(data), classifier_version(data, "shipped")
+
+
+def classifier_version(data: bytes, kind: str) -> str:
+    """`<kind>-<sha12>`: the first 12 hex digits of the artifact's sha256."""
+    return f"{kind}-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+def read_classifier(data: bytes) -> DifficultyClassifier:
+    """The classifier in an artifact's bytes, checked whole before anything uses it: bounded in
+    size (packed and unpacked), readable, of this feature version, finite. ValueError otherwise."""
+    if len(data) > MAX_ARTIFACT_BYTES:
+        raise ValueError(f"artifact of {len(data)} bytes is over {MAX_ARTIFACT_BYTES}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise ValueError(f"artifact unpacks to {unpacked} bytes, over {MAX_UNPACKED_BYTES}")
+        classifier = _read_artifact(io.BytesIO(data))
+    except (KeyError, IndexError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"not a classifier artifact: {exc}") from exc
+    numbers = (
+        classifier.difficulty.weights,
+        classifier.gain.weights,
+        classifier.blend.as_array(),
+        np.array(classifier.calibration.quantiles),
+        np.array(classifier.reference),
+        np.array([classifier.difficulty.bias, classifier.gain.bias]),
+    )
+    if not all(np.isfinite(values).all() for values in numbers):
+        raise ValueError("artifact holds a weight that is not a finite number")
+    if classifier.blend.gain_std <= 0 or classifier.blend.temperature <= 0:
+        raise ValueError("artifact's blend needs a positive gain_std and temperature")
+    return classifier

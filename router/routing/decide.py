@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 from router.errors import ModelNotFound, clip
 from router.routing.classify import Assessment
@@ -26,6 +27,24 @@ def resolve_thresholds(
         steps = tuple(sorted(table.items(), key=lambda item: policy.rank(item[0])))
         resolved[name] = Thresholds(alias.default_tier, steps)
     return resolved
+
+
+WARMUP = 200  # a live alias's scores seen before they, not the calibration set, set its steps
+
+
+def live_thresholds(policy: Policy, alias: str, scores: Sequence[float]) -> Thresholds | None:
+    """The alias's thresholds from the quantiles of `scores`: for a share s, the score of the
+    ceil(s * n)-th highest, so about s of these scores reach it. None while warming up."""
+    spec = policy.aliases[alias]
+    if len(scores) < WARMUP or spec.shares is None:
+        return None
+    ordered = sorted(scores, reverse=True)
+    steps: list[tuple[str, float]] = []
+    for tier, share in spec.shares.items():
+        k = math.ceil(share * len(ordered) - 1e-9)
+        steps.append((tier, ordered[k - 1] if k > 0 else math.inf))
+    steps.sort(key=lambda step: policy.rank(step[0]))
+    return Thresholds(spec.default_tier, tuple(steps))
 
 
 def target_of(policy: Policy, model: str) -> tuple[str | None, str | None]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from router.routing.budget import Hold
 from router.routing.callers import Caller
-from router.routing.classify import Assessment
+from router.routing.classify import Assessment, Classifier
 from router.routing.decide import resolve_thresholds
 from router.routing.decision import Decision, Thresholds
 from router.routing.policy import Policy
@@ -21,12 +21,17 @@ from router.schemas_anthropic import MessagesRequest
 
 @dataclass(frozen=True)
 class Routing:
-    """The live policy bound to the classifier's calibration, and the upstream keys it names."""
+    """The live policy and classifier, the policy's thresholds from that classifier's
+    calibration, and the upstream keys it names. A policy reload and a model reload each swap
+    one whole `Routing`, so a request never mixes one classifier's scores with another's
+    thresholds."""
 
     policy: Policy
-    version: str
+    version: str  # the policy's
+    classifier: Classifier
     thresholds: Mapping[str, Thresholds]
     keys: Mapping[str, str | None]  # api_key_env name -> key
+    classifier_version: str = "unversioned"  # shipped-<sha12>, learned-<sha12>, file-<sha12>
     # (tier, default base URL) -> upstream identity: computed once per routing, not per request
     _identities: dict[tuple[str, str | None], str] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -37,11 +42,23 @@ class Routing:
         cls,
         policy: Policy,
         version: str,
-        threshold_for_share: Callable[[float], float],
+        classifier: Classifier,
         environ: Mapping[str, str],
+        classifier_version: str = "unversioned",
     ) -> Routing:
         keys = {tier.api_key_env: environ.get(tier.api_key_env) for tier in policy.tiers.values()}
-        return cls(policy, version, resolve_thresholds(policy, threshold_for_share), keys)
+        thresholds = resolve_thresholds(policy, classifier.threshold_for_share)
+        return cls(policy, version, classifier, thresholds, keys, classifier_version)
+
+    def with_policy(self, policy: Policy, version: str, environ: Mapping[str, str]) -> Routing:
+        """This routing's classifier under another policy (a policy reload)."""
+        return Routing.build(policy, version, self.classifier, environ, self.classifier_version)
+
+    def with_classifier(
+        self, classifier: Classifier, classifier_version: str, environ: Mapping[str, str]
+    ) -> Routing:
+        """This routing's policy with another classifier (a model reload)."""
+        return Routing.build(self.policy, self.version, classifier, environ, classifier_version)
 
     def identity(self, tier: str, default_base: str | None) -> str:
         """Which upstream answers for `tier`: a hash of its base URL and account key (never the
@@ -95,11 +112,13 @@ class Routed:
 
 class RoutingHolder:
     """The live `Routing`. Requests read `.current` once; a reload swaps it in one assignment,
-    so a request never sees half of one policy and half of another."""
+    so a request never sees half of one policy and half of another. Each reloader keeps its
+    last failure here (`last_error` the policy's, `model_error` the classifier's)."""
 
     def __init__(self, routing: Routing) -> None:
         self._current = routing
         self.last_error: str | None = None
+        self.model_error: str | None = None
 
     @property
     def current(self) -> Routing:
@@ -107,4 +126,3 @@ class RoutingHolder:
 
     def swap(self, routing: Routing) -> None:
         self._current = routing
-        self.last_error = None

@@ -3,7 +3,9 @@
 The answers come from `router/simulator/text.py`; this module adds what a real server has around
 them: routes, auth, latency, streaming, DeepSeek's prefix cache, a request log and fault injection.
 It speaks both of DeepSeek's formats: OpenAI chat completions, and Anthropic messages under
-`/anthropic` (`router/simulator/anthropic.py`).
+`/anthropic` (`router/simulator/anthropic.py`). With a ground truth (`SimulatorConfig.truth`,
+`router/simulator/truth.py`) answers carry a quality marker, judge requests get a verdict, and
+`/_sim/truth` tells another process the truth of a prompt.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from router.simulator.text import (
     check_context,
     check_images,
     check_reasoning_passed_back,
-    generate_choices,
     output_digest,
     parse_chat_request,
 )
+from router.simulator.truth import GroundTruth, answers, truth_json
 from router.simulator.wire import completion_json, stream_events, usage_json
 
 _CHAT_PATHS: Final = frozenset(
@@ -88,6 +90,7 @@ class SimulatorConfig:
     max_output_tokens: int = 400  # natural answer length is drawn from [12, this]
     max_recorded_requests: int = 10_000
     keepalive_interval_s: float = 0.1  # between keep-alive lines while a request is "queued"
+    truth: GroundTruth | None = None  # hidden difficulty: quality markers and the judge
 
     def __post_init__(self) -> None:
         if self.speed < 0 or not 0 <= self.fault_rate <= 1 or self.max_output_tokens < 1:
@@ -286,9 +289,7 @@ class SimulatorApp:
         prefixes = request.prefixes()
         prompt_tokens = prefixes[-1][1]
         check_context(request, prompt_tokens, profile.max_context_tokens)
-        choices = generate_choices(
-            request, thinking=thinking, max_output_tokens=self.config.max_output_tokens
-        )
+        choices = answers(self.config.truth, request, thinking, self.config.max_output_tokens)
         hit = self._prefixes.lookup(prefixes, output_digest(prefixes[-1][0], choices[0]))
         scale = self.config.speed * (fault.slow or 1.0)
         self._count(request.model, "200" if fault.disconnect_after is None else "disconnect")
@@ -341,6 +342,11 @@ class SimulatorApp:
                 return
             self._faults.append(queued)
             await send_json(send, 200, {"queued": queued.remaining})
+        elif path == "/_sim/truth" and method == "POST":
+            try:
+                await send_json(send, 200, truth_json(self.config.truth, _json_object(raw)))
+            except SimError as error:
+                await send_error(send, error)
         elif path == "/_sim/faults" and method == "DELETE":
             self._faults.clear()
             await send_json(send, 200, {"cleared": True})

@@ -234,14 +234,14 @@ def _generate_choice(
     if (tool := request.tool_to_call()) is not None:
         call_id = f"call_00_{rng.getrandbits(96):024x}"
         call = ToolCall(call_id, tool.name, _arguments(rng, tool.parameters))
-        return _truncated(reasoning, "", call, request.max_tokens)
+        return truncated(reasoning, "", call, request.max_tokens)
     content = (
         _json_content(rng, content_tokens) if request.json_mode else _sentences(rng, content_tokens)
     )
-    return _truncated(reasoning, content, None, request.max_tokens)
+    return truncated(reasoning, content, None, request.max_tokens)
 
 
-def _truncated(
+def truncated(
     reasoning: str | None, content: str, call: ToolCall | None, budget: int | None
 ) -> Choice:
     """Cut the output at `max_tokens`, which (as on DeepSeek) also counts reasoning tokens."""

@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from router.routing.decide import WARMUP, live_thresholds
 from router.routing.decision import Thresholds
 from router.routing.policy import Policy
 from router.state.store import PREFIX, Client, Store, StoreDown
 
 WINDOW = 2000  # scores kept per alias: the most recent ones
-WARMUP = 200  # below this many, the shipped calibration decides
 
 Seen = tuple[float, str]  # a routed request's score and the tier that served it
 
@@ -95,21 +95,6 @@ def _parsed(row: bytes | str) -> Seen | None:
         return float(score), tier
     except ValueError:
         return None
-
-
-def live_thresholds(policy: Policy, alias: str, scores: Sequence[float]) -> Thresholds | None:
-    """The alias's thresholds from the quantiles of `scores`: for a share s, the score of the
-    ceil(s * n)-th highest, so about s of these scores reach it. None while warming up."""
-    spec = policy.aliases[alias]
-    if len(scores) < WARMUP or spec.shares is None:
-        return None
-    ordered = sorted(scores, reverse=True)
-    steps: list[tuple[str, float]] = []
-    for tier, share in spec.shares.items():
-        k = math.ceil(share * len(ordered) - 1e-9)
-        steps.append((tier, ordered[k - 1] if k > 0 else math.inf))
-    steps.sort(key=lambda step: policy.rank(step[0]))
-    return Thresholds(spec.default_tier, tuple(steps))
 
 
 def actual_shares(policy: Policy, alias: str, seen: Sequence[Seen]) -> dict[str, float | None]:

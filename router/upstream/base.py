@@ -76,6 +76,7 @@ class UpstreamCall:
     deadlines: Deadlines = Deadlines()
     # the wire format: OpenAI chat completions, or Anthropic messages (router/upstream/messages.py)
     wire: Literal["chat", "messages"] = "chat"
+    vision: bool = False  # the tier reads image parts (policy `vision:`); else they are text
 
     @classmethod
     def to_tier(
@@ -97,6 +98,7 @@ class UpstreamCall:
             api_key,
             tier.timeout_s,
             Deadlines.of(tier.timeouts),
+            vision=tier.vision,
         )
 
 

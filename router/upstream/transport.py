@@ -54,11 +54,6 @@ _NOT_RELAYED = frozenset({"user"})  # litellm keeps `user` as call metadata; Dee
 _PLACEHOLDER = " "  # the least reasoning_content DeepSeek accepts (what litellm sends)
 
 
-def _vision(model: str) -> bool:
-    """Flash models take images (litellm's price map); Pro does not."""
-    return "flash" in model
-
-
 def request_body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
     """The JSON body DeepSeek receives: litellm's DeepSeek request shaping, no more.
 
@@ -71,7 +66,7 @@ def request_body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
     fill = thinking and model not in _NO_REASONING
     body: dict[str, Any] = {
         "model": model,
-        "messages": [_message(m, fill, _vision(model)) for m in call.messages],
+        "messages": [_message(m, fill, call.vision) for m in call.messages],
     }
     for name, value in call.params.items():
         if name not in _NOT_RELAYED:
