@@ -175,10 +175,8 @@ class Shadows:
     ) -> float:
         alias = decision.alias or ""
         steps = deps.controls.calibration.current(alias) or routing.thresholds[alias]
-        classifier = deps.classifier
-        return sample_chance(
-            learning, decision.score, boundary(steps, strong), classifier.share_above
-        )
+        share_above = routing.classifier.share_above  # the classifier that scored the request
+        return sample_chance(learning, decision.score, boundary(steps, strong), share_above)
 
     def _skip(self, deps: Deps, reason: str) -> None:
         self.skipped[reason] += 1
@@ -235,7 +233,7 @@ class Shadows:
             routed.request_id,
             self._clock(),
             routed.decision.alias or "",
-            classifier_version(job.routing),
+            job.routing.classifier_version,
             routed.decision.score,
             served,
             job.weak,
@@ -327,8 +325,3 @@ class Shadows:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def classifier_version(routing: Routing) -> str:
-    """The version of the classifier that scored the request."""
-    return "shipped"

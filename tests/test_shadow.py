@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -16,13 +17,24 @@ import openai
 import pytest
 
 from router.app import build_deps
+from router.cli import main
 from router.pipeline import Deps
 from router.routing.classify import Assessment, estimate_tokens
 from router.routing.routed import Routing
 from router.schemas import ChatRequest
 from router.settings import Settings
-from router.simulator.server import RecordedRequest, RunningSimulator
-from tests.conftest import serve_app, settings_for, wait_until
+from router.simulator.server import (
+    RecordedRequest,
+    RunningSimulator,
+    SimulatorConfig,
+    default_profiles,
+    start_in_thread,
+)
+from router.simulator.truth import GroundTruth, hashed_difficulty
+from router.state.labels import LABELS_KEY, STATS_KEY, RedisLabelStore
+from router.state.store import Store, connect
+from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
+from tests.test_dashboard import browse
 
 DEFAULT = resources.files("router").joinpath("data/default.yaml").read_text("utf-8")
 PRO = "deepseek-v4-pro"
@@ -57,15 +69,25 @@ def deps_for(settings: Settings) -> Deps:
     deps = build_deps(settings)
     classifier = PromptScore()
     policy, version = deps.routing.policy, deps.routing.version
-    routing = Routing.build(policy, version, classifier.threshold_for_share, {})
+    routing = Routing.build(policy, version, classifier, {}, "prompt-score")
     routing = replace(routing, keys=deps.routing.keys)
-    return replace(deps, routing=routing, classifier=classifier, holder=None)
+    return replace(deps, routing=routing, holder=None)
+
+
+@pytest.fixture(scope="module")
+def judged() -> Iterator[RunningSimulator]:
+    """A simulator with a ground truth: answers marked good or poor, and a judge (no noise)."""
+    truth = GroundTruth(hashed_difficulty, judge_noise=0.0)
+    config = SimulatorConfig(default_profiles(), speed=0.01, api_key=UPSTREAM_KEY, truth=truth)
+    with start_in_thread(config) as running:
+        yield running
 
 
 @pytest.fixture
-def clean_sim(sim: RunningSimulator) -> Iterator[RunningSimulator]:
-    yield sim
-    httpx.delete(sim.url + "/_sim/faults")
+def clean_sim(judged: RunningSimulator) -> Iterator[RunningSimulator]:
+    judged.clear()
+    yield judged
+    httpx.delete(judged.url + "/_sim/faults")
 
 
 def client(base: str) -> openai.OpenAI:
@@ -151,12 +173,10 @@ def test_the_judge_sees_the_strong_answer_first_once_and_second_once(
 
 
 def test_an_unreadable_verdict_is_counted_and_no_label_is_kept(
-    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+    sim: RunningSimulator, upstream_env: None, tmp_path: Path
 ) -> None:
-    """The plain simulator answers a judge with prose and no verdict marker."""
-    settings = settings_for(
-        clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1.0, floor: 1.0}")
-    )
+    """The simulator without a ground truth answers a judge with prose and no verdict."""
+    settings = settings_for(sim, policy=policy_file(tmp_path, "{sample_rate: 1.0, floor: 1.0}"))
     deps = deps_for(settings)
     with serve_app(settings, deps) as base:
         ask(base, "Name a colour score=0.2")
@@ -220,3 +240,125 @@ def test_a_slow_shadow_tier_does_not_delay_or_alter_the_client_answer(
         assert plain.headers[header] == shadowed.headers[header]
     totals = asyncio.run(deps.labels.totals())
     assert totals == {"cancelled:shutdown": 2}  # the shutdown cancelled both, and counted them
+
+
+def stored_labels(deps: Deps) -> list[dict[str, Any]]:
+    return asyncio.run(deps.labels.labels())
+
+
+def test_each_sampled_request_gets_a_label_with_both_verdicts(
+    clean_sim: RunningSimulator,
+    upstream_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1, floor: 1}"))
+    deps = deps_for(settings)
+    texts = [f"Question {i} about sorting score=0.{10 + i}" for i in range(6)]
+    with serve_app(settings, deps) as base:
+        served = {text: ask(base, text).choices[0].message.content for text in texts}
+        stats = settled(base, len(texts))
+        monkeypatch.setenv("COLUMNS", "200")
+        assert main(["stats", "--url", base]) == 0
+        shown = capsys.readouterr().out
+        dom = browse(
+            base + "/dashboard", tmp_path / "p", "--virtual-time-budget=4000", "--dump-dom"
+        )
+    labels = stored_labels(deps)
+    assert len(labels) == len(texts) and stats["labels"] == len(texts)
+    by_id = {label["id"] for label in labels}
+    assert len(by_id) == len(texts)
+    for label in labels:
+        assert (label["alias"], label["served"], label["weak"], label["strong"]) == (
+            "auto",
+            "flash",
+            "flash",
+            "pro",
+        )
+        assert len(label["verdicts"]) == 2 and set(label["verdicts"]) <= {0.0, 0.5, 1.0}
+        assert label["gain"] == sum(label["verdicts"]) / 2
+        assert label["agree"] is True  # a judge without noise names the same winner twice
+        assert label["classifier"] == "prompt-score"
+        assert label["cost_usd"]["shadow"] > 0 and label["cost_usd"]["judge"] > 0
+        assert label["features"]["buckets"] and "request" not in label
+    # the simulated Pro answers well whenever Flash does: a good Flash answer cannot lose
+    scores = sorted(label["score"] for label in labels)
+    assert scores == sorted(float(t.rsplit("=", 1)[1]) for t in texts)
+    good = [text for text, answer in served.items() if answer.endswith("[quality: good]")]
+    poor = [text for text in texts if text not in good]
+    gains = {label["score"]: label["gain"] for label in labels}
+    assert all(gains[float(t.rsplit("=", 1)[1])] == 0.5 for t in good)
+    assert all(gains[float(t.rsplit("=", 1)[1])] in (0.5, 1.0) for t in poor)
+    # the figures: /v1/stats, flashpro stats and the dashboard
+    assert stats["agreement"] == 1.0 and stats["labels_24h"] == len(texts)
+    spent = stats["spend_today_usd"]
+    assert spent["shadow"] == pytest.approx(sum(x["cost_usd"]["shadow"] for x in labels), abs=1e-5)
+    assert spent["judge"] == pytest.approx(sum(x["cost_usd"]["judge"] for x in labels), abs=1e-5)
+    assert "learning from traffic" in shown and "100.0%" in shown
+    assert f"labels collected {len(texts)}".split()[-1] in shown
+    card = dom.stdout[dom.stdout.index('id="learning-card"') :]
+    card = card[: card.index("</section>")]
+    assert "hidden" not in card[: card.index(">")]
+    assert f'<td class="num">{len(texts)}</td>' in card and "100.0%" in card
+
+
+def test_prompts_are_kept_in_labels_only_with_consent(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    learning = "{sample_rate: 1, floor: 1, store_prompts: true}"
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, learning))
+    deps = deps_for(settings)
+    with serve_app(settings, deps) as base:
+        ask(base, "My private question score=0.2")
+        settled(base, 1)
+    (label,) = stored_labels(deps)
+    assert label["request"]["messages"] == [
+        {"role": "user", "content": "My private question score=0.2"}
+    ]
+
+
+def test_rate_and_budget_gates_are_shared_by_two_processes_on_one_redis(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def forget() -> None:
+        store = RedisLabelStore(Store(connect(redis_server.url)))
+        client = store._store.client
+        await client.delete(LABELS_KEY, STATS_KEY)
+        await client.delete(*await client.keys("flashpro:v1:rate:learning:*") or ["none"])
+        await store.aclose()
+
+    asyncio.run(forget())
+    if time.time() % 60 > 50:  # the per-minute window is a calendar minute: stay inside one
+        time.sleep(61 - time.time() % 60)
+    rated = policy_file(tmp_path, "{sample_rate: 1, floor: 1, max_per_minute: 2}")
+    settings = settings_for(clean_sim, policy=rated, redis_url=redis_server.url)
+    with (
+        serve_app(settings, deps_for(settings)) as one,
+        serve_app(settings, deps_for(settings)) as two,
+    ):
+        for i in range(3):
+            ask(one, f"first process {i} score=0.3")
+            ask(two, f"second process {i} score=0.3")
+        stats = settled(one, 6)
+    assert stats["labels"] == 2 and stats["skipped"] == {"rate": 4}
+
+    asyncio.run(forget())
+    (tmp_path / "budget").mkdir()
+    budget = policy_file(
+        tmp_path / "budget", "{sample_rate: 1, floor: 1, daily_budget_usd: 0.000001}"
+    )
+    settings = settings_for(clean_sim, policy=budget, redis_url=redis_server.url)
+    clean_sim.clear()
+    with (
+        serve_app(settings, deps_for(settings)) as one,
+        serve_app(settings, deps_for(settings)) as two,
+    ):
+        ask(one, "budget first score=0.3")
+        settled(one, 1)  # its shadow answer spent the day's budget: no judge is asked
+        ask(two, "budget second score=0.3")
+        ask(two, "budget third score=0.3")
+        stats = settled(two, 3)
+    assert stats["labels"] == 0 and stats["skipped"] == {"budget": 3}
+    assert stats["spend_today_usd"]["shadow"] > 0 and stats["spend_today_usd"]["judge"] == 0
+    assert len(chats(clean_sim)) == 4  # three client calls and one shadow call
