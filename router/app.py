@@ -25,7 +25,7 @@ from router.http.chat import CHAT_PATH, ChatEndpoint, Receive, Scope, Send
 from router.http.messages import PATHS as MESSAGES_PATHS
 from router.http.messages import MessagesEndpoint
 from router.http.monitor import monitor
-from router.http.reload import hot_reload
+from router.http.reload import ModelReloader, hot_reload
 from router.http.responses import ResponsesEndpoint, is_responses_path
 from router.observe.logs import configure_access_log
 from router.observe.observer import Observer
@@ -37,6 +37,7 @@ from router.settings import Settings
 from router.shadow import Shadows
 from router.state.controls import open_controls
 from router.state.labels import open_labels
+from router.state.models import open_models
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
 from router.state.reasoning import open_reasoning
@@ -78,6 +79,7 @@ def build_deps(settings: Settings) -> Deps:
             settings.responses_max_entry_bytes,
         ),
         labels=open_labels(shared),
+        models=open_models(settings.redis_url),
     )
 
 
@@ -121,7 +123,11 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         def rebuild(policy: Policy, version: str) -> Routing:
             return live.live.with_policy(policy, version, os.environ)  # keeps the live model
 
-        reloading = hot_reload(live.holder, settings.policy, rebuild, settings.policy_poll_seconds)
+        started = (live.routing.classifier, live.routing.classifier_version)
+        models = ModelReloader(live.holder, live.models, started, os.environ)
+        reloading = hot_reload(
+            live.holder, settings.policy, rebuild, settings.policy_poll_seconds, models
+        )
         async with reloading, live.observer.running():  # the decision log flushes in between
             yield
         await shadows.aclose()  # comparisons in flight are cancelled, and counted
@@ -131,6 +137,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         await live.rates.aclose()
         await live.responses.aclose()
         await live.labels.aclose()
+        await live.models.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
             await close_upstream()

@@ -1,5 +1,5 @@
-"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score, stats,
-bench. I/O."""
+"""The `flashpro` command: serve, simulate-upstream, route, policy, train, eval, score, learn,
+stats, bench. I/O."""
 
 from __future__ import annotations
 
@@ -190,6 +190,7 @@ OFFLINE_COMMANDS = (  # name, help, module, argument adder, handler
         "add_bench_classifier_arguments",
         "run_bench_classifier",
     ),
+    ("learn", "learn from labelled traffic", "learn", "add_learn_arguments", "run_learn"),
     (
         "stats",
         "summarise a running flashpro's traffic",

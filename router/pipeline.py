@@ -37,6 +37,7 @@ from router.state.cache import (
 )
 from router.state.controls import Controls
 from router.state.labels import LabelStore, MemoryLabelStore
+from router.state.models import MemoryModelStore, ModelStore
 from router.state.ratelimit import RateLimiter, limits_for
 from router.state.reasoning import ReasoningStore
 from router.state.responses import ResponseStore
@@ -66,6 +67,7 @@ class Deps:
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
     responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
     labels: LabelStore = field(default_factory=MemoryLabelStore)  # shadow comparisons' labels
+    models: ModelStore = field(default_factory=MemoryModelStore)  # promoted classifiers
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
     def __post_init__(self) -> None:
@@ -104,7 +106,6 @@ class StreamAnswer:
     cache: CacheStatus = "bypass"
     saved_usd: float = 0.0
     trail: Trail = NO_TRAIL
-    assembled: list[dict[str, Any]] = field(default_factory=list)  # the body, once complete
 
 
 def _routing(deps: Deps, routed: Routed) -> Routing:
@@ -375,10 +376,8 @@ async def open_stream(
         raise
     (first, chunks), routed, trail = opening
     store_plan = _replanned(deps, routed, plan, trail)
-    assembled: list[dict[str, Any]] = []
-    timing = (started, time.monotonic())
-    relay = _relay(deps, routed, store_plan, first, chunks, timing, gone, assembled)
-    return StreamAnswer(routed.decision, relay, plan.status, trail=trail, assembled=assembled)
+    relay = _relay(deps, routed, store_plan, first, chunks, (started, time.monotonic()), gone)
+    return StreamAnswer(routed.decision, relay, plan.status, trail=trail)
 
 
 async def _first_chunk(
@@ -423,10 +422,8 @@ async def _relay(
     rest: AsyncIterator[Chunk],
     timing: tuple[float, float] | None = None,
     gone: Gone = _client_left,
-    assembled: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Relay chunks as the client's format has them, assembling the answer as it goes (and
-    into `assembled` once complete)."""
+    """Relay chunks as the client's format has them, assembling the answer as it goes."""
     wire = format_of(routed)
     assembler = wire.assembler()
     try:
@@ -450,8 +447,6 @@ async def _relay(
         started, first_at = timing or (time.monotonic(), None)
         await _answered(deps, routed, usage, cost, started, first_at, plan.status)
         await _store(deps, plan, routed, body, cost)
-        if assembled is not None:
-            assembled.append(body)
 
 
 async def _cut(

@@ -31,11 +31,12 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from router.errors import FlashproError
+from router.formats import Assembler, format_of
 from router.pipeline import Deps, price, slot, upstream_call
 from router.routing.callers import Caller
 from router.routing.decision import Decision
@@ -58,6 +59,20 @@ class Failed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.outcome = outcome
+
+
+async def _assembled(
+    assembler: Assembler, chunks: AsyncIterator[dict[str, Any]], whole: list[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for chunk in chunks:
+            assembler.add(chunk)
+            yield chunk
+    finally:
+        if isinstance(chunks, AsyncGenerator):  # the relay's own end (what a cut stream costs)
+            await chunks.aclose()
+    if assembler.finished:
+        whole.append(assembler.body())
 
 
 def unfit(routed: Routed, cache: CacheStatus, trail: Trail, body: dict[str, Any]) -> str | None:
@@ -135,6 +150,16 @@ class Shadows:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    def watch(
+        self, routed: Routed, chunks: AsyncIterator[dict[str, Any]], whole: list[dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A stream as the client gets it; with learning on, also assembled on the side, and the
+        answer put in `whole` once the stream ended whole (to `offer` after it is sent)."""
+        routing = routed.routing or self._deps_of().live
+        if routing.policy.learning is None or routed.api != "chat":
+            return chunks
+        return _assembled(format_of(routed).assembler(), chunks, whole)
 
     def offer(self, routed: Routed, cache: CacheStatus, trail: Trail, body: dict[str, Any]) -> None:
         """A whole answer the client has: draw whether to compare it, and start that."""

@@ -362,3 +362,36 @@ def test_rate_and_budget_gates_are_shared_by_two_processes_on_one_redis(
     assert stats["labels"] == 0 and stats["skipped"] == {"budget": 3}
     assert stats["spend_today_usd"]["shadow"] > 0 and stats["spend_today_usd"]["judge"] == 0
     assert len(chats(clean_sim)) == 4  # three client calls and one shadow call
+
+
+def test_streams_cut_short_are_charged_as_before_and_never_compared(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1, floor: 1}"))
+    with serve_app(settings, deps_for(settings)) as base:
+        slow = {"role": "user", "content": "Tell a long story score=0.2 [[sim:slow=200]]"}
+        with httpx.stream(
+            "POST",
+            base + "/v1/chat/completions",
+            json={"model": "auto", "messages": [slow], "stream": True},
+            timeout=10,
+        ) as response:
+            next(response.iter_lines())  # the client reads one event, then leaves
+
+        def counted(error: str) -> bool:
+            return f'error="{error}"' in httpx.get(base + "/metrics").text
+
+        wait_until(lambda: counted("client_disconnected"), 10, "the cut stream counted")
+        dropped = {"role": "user", "content": "Drop me score=0.2 [[sim:disconnect_after=3]]"}
+        with httpx.stream(
+            "POST",
+            base + "/v1/chat/completions",
+            json={"model": "auto", "messages": [dropped], "stream": True},
+            timeout=10,
+        ) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and "upstream_error" in events[-2]
+        wait_until(lambda: counted("upstream_interrupted"), 10, "the dropped stream counted")
+        stats = learning_stats(base)
+    assert stats["in_flight"] == 0 and stats["labels"] == 0 and not stats["failed"]
+    assert [r.body["model"] for r in chats(clean_sim) if r.body] == [FLASH, FLASH]

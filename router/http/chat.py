@@ -367,9 +367,13 @@ class ChatEndpoint:
         if chat.stream:
             waiting = link.keep_alive(lambda: _routing_headers(routed, plan, rid))
             opened = await open_stream(deps, routed, plan, waiting, exchange.gone)
-            await link.stream(sse(opened.chunks), answer_headers(opened, rid))
-            if self.shadows is not None and opened.assembled:
-                self.shadows.offer(routed, opened.cache, opened.trail, opened.assembled[0])
+            whole: list[dict[str, Any]] = []
+            chunks = opened.chunks
+            if self.shadows is not None:  # assembled on the side only with learning on
+                chunks = self.shadows.watch(routed, chunks, whole)
+            await link.stream(sse(chunks), answer_headers(opened, rid))
+            if self.shadows is not None and whole:
+                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
             return
         answer = await complete(deps, routed, plan, exchange.gone)
         out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}

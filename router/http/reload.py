@@ -1,5 +1,5 @@
-"""Hot reload: the watcher that swaps edited policies into the live routing's holder.
-Does I/O (reads the policy file)."""
+"""Hot reload: the watchers that swap an edited policy, or a newly promoted classifier, into the
+live routing's holder. Does I/O (reads the policy file, polls the model store)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import contextlib
 import hashlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
+from router.routing.classify import Classifier, classifier_version, read_classifier
 from router.routing.policy import Policy, PolicyError, parse_policy
 from router.routing.routed import Routing, RoutingHolder
+from router.state.models import ModelStore
+from router.state.store import StoreDown
 
 log = logging.getLogger("flashpro.reload")
 
@@ -67,11 +70,81 @@ class PolicyReloader:
         )
         return False
 
-    async def watch(self, interval_s: float) -> None:
-        """Poll until cancelled."""
-        while True:
-            await asyncio.sleep(interval_s)
-            self.check()
+
+class ModelReloader:
+    """Swaps in the classifier the model store names live; with none promoted, the one this
+    process started with (`base`). A blob that is missing, altered (its bytes no longer hash to
+    its version) or not a valid artifact keeps the live classifier, and the error shows in
+    /readyz until the store names a good one. An unreachable store changes nothing."""
+
+    def __init__(
+        self,
+        holder: RoutingHolder,
+        store: ModelStore,
+        base: tuple[Classifier, str],
+        environ: Mapping[str, str],
+    ) -> None:
+        self._holder = holder
+        self._store = store
+        self._base = base
+        self._environ = environ
+        self._failed_version: str | None = None
+        self._lock = asyncio.Lock()  # a SIGHUP during a poll waits for it
+
+    async def check(self) -> bool:
+        """Swap in the store's live classifier if it changed. True on a swap."""
+        async with self._lock:
+            try:
+                wanted = await self._store.live() or self._base[1]
+                if wanted == self._holder.current.classifier_version:
+                    self._holder.model_error = None
+                    self._failed_version = None
+                    return False
+                if wanted == self._failed_version:
+                    return False
+                classifier = await self._load(wanted)
+            except StoreDown:
+                return False
+            except ValueError as exc:
+                self._failed_version = wanted
+                self._holder.model_error = f"classifier {wanted}: {exc}"
+                log.error(
+                    "classifier reload failed, keeping %s: %s",
+                    self._holder.current.classifier_version,
+                    self._holder.model_error,
+                )
+                return False
+            self._holder.swap(
+                self._holder.current.with_classifier(classifier, wanted, self._environ)
+            )
+            self._holder.model_error = None
+            self._failed_version = None
+            log.info("classifier %s is live", wanted)
+            return True
+
+    async def _load(self, version: str) -> Classifier:
+        if version == self._base[1]:
+            return self._base[0]
+        data = await self._store.blob(version)
+        if data is None:
+            raise ValueError("the model store has no artifact for it")
+        kind = version.partition("-")[0]
+        if classifier_version(data, kind) != version:
+            raise ValueError("the stored artifact's bytes do not match its version")
+        # ~1 MB of NPZ to unpack and check: off the event loop
+        return await asyncio.to_thread(read_classifier, data)
+
+
+async def _watch(
+    policies: PolicyReloader | None, models: ModelReloader | None, interval_s: float
+) -> None:
+    """Poll until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if policies is not None:
+            policies.check()
+        if models is not None:
+            await models.check()
 
 
 @contextlib.asynccontextmanager
@@ -80,27 +153,47 @@ async def hot_reload(
     path: Path | None,
     build: Callable[[Policy, str], Routing],
     interval_s: float,
+    models: ModelReloader | None = None,
 ) -> AsyncIterator[PolicyReloader | None]:
-    """While open: poll the policy file every `interval_s` (0 = no polling) and reload on SIGHUP.
-    The embedded default policy (no path) never changes, so nothing is watched."""
-    if path is None:
-        yield None
-        return
-    reloader = PolicyReloader(holder, path, build)
-    reloader.check()  # remember the file as it is now
-    task = asyncio.create_task(reloader.watch(interval_s)) if interval_s > 0 else None
+    """While open: poll the policy file and the model store every `interval_s` (0 = no
+    polling) and check both on SIGHUP. The embedded default policy (no path) never changes, so
+    only the model store is watched then. The store's live model is loaded before this opens."""
+    reloader = PolicyReloader(holder, path, build) if path is not None else None
+    if reloader is not None:
+        reloader.check()  # remember the file as it is now
+    if models is not None:
+        await models.check()
+    watching = reloader is not None or models is not None
+    task = (
+        asyncio.create_task(_watch(reloader, models, interval_s))
+        if interval_s > 0 and watching
+        else None
+    )
+    checks: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        if reloader is not None:
+            reloader.check(True)
+        if models is not None:
+            check = asyncio.create_task(models.check())
+            checks.add(check)
+            check.add_done_callback(checks.discard)
+
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, reloader.check, True)
-        sighup = True
-    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or Windows
-        sighup = False
+    sighup = False
+    if watching:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+            sighup = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, Windows
+            sighup = False
     try:
         yield reloader
     finally:
         if sighup:
             loop.remove_signal_handler(signal.SIGHUP)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for running in (task, *checks):
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
