@@ -34,7 +34,9 @@ from router.routing.classify import load_versioned
 from router.routing.policy import Policy, load_policy
 from router.routing.routed import Routing
 from router.settings import Settings
+from router.shadow import Shadows
 from router.state.controls import open_controls
+from router.state.labels import open_labels
 from router.state.models import open_models
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
@@ -76,6 +78,7 @@ def build_deps(settings: Settings) -> Deps:
             settings.responses_ttl_seconds,
             settings.responses_max_entry_bytes,
         ),
+        labels=open_labels(shared),
         models=open_models(settings.redis_url),
     )
 
@@ -103,6 +106,7 @@ class FlashproApp(FastAPI):
 def create_app(settings: Settings | None = None, deps: Deps | None = None) -> FlashproApp:
     """The flashpro app. Tests pass their own `deps`; production builds them at start-up."""
     settings = settings or Settings()
+    shadows = Shadows(lambda: app.state.deps)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,11 +130,13 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         )
         async with reloading, live.observer.running():  # the decision log flushes in between
             yield
+        await shadows.aclose()  # comparisons in flight are cancelled, and counted
         await app.state.deps.cache.aclose()
         await live.controls.aclose()
         await live.memory.aclose()
         await live.rates.aclose()
         await live.responses.aclose()
+        await live.labels.aclose()
         await live.models.aclose()
         close_upstream = getattr(live.upstream, "aclose", None)
         if close_upstream is not None:  # the direct transport's connection pool
@@ -138,7 +144,10 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
 
     app = FlashproApp(title="flashpro", version="0.1.0", lifespan=lifespan)
     app.chat = ChatEndpoint(
-        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+        lambda: app.state.deps,
+        settings.max_body_bytes,
+        settings.max_json_depth,
+        shadows,
     )
     app.messages = MessagesEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
@@ -147,6 +156,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
     app.state.settings = settings
+    app.state.shadows = shadows
     app.state.started_at = time.time()
     app.include_router(api)
     app.include_router(monitor)

@@ -36,6 +36,7 @@ from router.state.cache import (
     plan_for,
 )
 from router.state.controls import Controls
+from router.state.labels import LabelStore, MemoryLabelStore
 from router.state.models import MemoryModelStore, ModelStore
 from router.state.ratelimit import RateLimiter, limits_for
 from router.state.reasoning import ReasoningStore
@@ -65,6 +66,7 @@ class Deps:
     concurrency: Concurrency = field(default_factory=Concurrency)  # per-tier max_concurrency
     observer: Observer = field(default_factory=Observer)  # metrics, access log, decision log
     responses: ResponseStore = field(default_factory=ResponseStore.in_memory)  # /v1/responses
+    labels: LabelStore = field(default_factory=MemoryLabelStore)  # shadow comparisons' labels
     models: ModelStore = field(default_factory=MemoryModelStore)  # promoted classifiers
     holder: RoutingHolder = field(default=None)  # type: ignore[assignment]  # set below
 
@@ -144,7 +146,7 @@ async def upstream_call(deps: Deps, routed: Routed) -> UpstreamCall:
     return shape(call, tier=name, vision=tier.vision, user_id=user_id_of(namespace))
 
 
-async def _slot(deps: Deps, routed: Routed) -> Callable[[], None]:
+async def slot(deps: Deps, routed: Routed) -> Callable[[], None]:
     """A place under the tier's `max_concurrency` (per account and model); its release."""
     routing, name = _routing(deps, routed), routed.decision.tier
     tier, metrics = routing.policy.tiers[name], deps.observer.metrics
@@ -238,7 +240,7 @@ async def _call(deps: Deps, routed: Routed, plan: CachePlan, gone: Gone) -> Answ
     started = time.monotonic()
 
     async def call(attempt: Routed) -> Completion:
-        release = await _slot(deps, attempt)
+        release = await slot(deps, attempt)
         try:
             return await deps.upstream.complete(await upstream_call(deps, attempt))
         except FlashproError as exc:
@@ -384,7 +386,7 @@ async def _first_chunk(
     """Open the upstream stream and wait for its first chunk, so failures surface here (the
     upstream's keep-alives meanwhile go to `waiting`); the stream holds its concurrency slot
     until it ends."""
-    release = await _slot(deps, routed)
+    release = await slot(deps, routed)
     chunks: AsyncIterator[Chunk] | None = None
     try:
         chunks = await deps.upstream.stream(await upstream_call(deps, routed))

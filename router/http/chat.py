@@ -50,6 +50,7 @@ from router.pipeline import (
 from router.routing.decision import Decision
 from router.routing.routed import Routed
 from router.schemas import ChatRequest
+from router.shadow import Shadows
 from router.state.cache import CachePlan, CacheStatus
 
 log = logging.getLogger("flashpro")
@@ -330,11 +331,16 @@ class ChatEndpoint:
     """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
 
     def __init__(
-        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+        self,
+        deps_of: Callable[[], Deps],
+        max_body_bytes: int,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        shadows: Shadows | None = None,
     ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
         self.intake = Intake(max_depth=max_json_depth)
+        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
@@ -361,12 +367,20 @@ class ChatEndpoint:
         if chat.stream:
             waiting = link.keep_alive(lambda: _routing_headers(routed, plan, rid))
             opened = await open_stream(deps, routed, plan, waiting, exchange.gone)
-            await link.stream(sse(opened.chunks), answer_headers(opened, rid))
+            whole: list[dict[str, Any]] = []
+            chunks = opened.chunks
+            if self.shadows is not None:  # assembled on the side only with learning on
+                chunks = self.shadows.watch(routed, chunks, whole)
+            await link.stream(sse(chunks), answer_headers(opened, rid))
+            if self.shadows is not None and whole:
+                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
             return
         answer = await complete(deps, routed, plan, exchange.gone)
         out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
         link.close()
         await send_json(send, 200, answer.body, out)
+        if self.shadows is not None:
+            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
 
 
 def _routing_headers(routed: Routed, plan: CachePlan, rid: str) -> dict[str, str]:

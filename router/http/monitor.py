@@ -21,6 +21,7 @@ from router.http.chat import read_body
 from router.pipeline import Deps
 from router.routing.callers import Caller
 from router.routing.constrain import Spent
+from router.shadow import Shadows
 from router.state.controls import budget_scopes
 from router.state.models import promotion
 from router.state.store import StoreDown
@@ -71,8 +72,10 @@ async def stats(request: Request) -> Response:
     data["calibration"] = await deps.controls.calibration.report(
         deps.live.policy, deps.live.thresholds
     )
+    shadows: Shadows = request.app.state.shadows
+    data["learning"] = await shadows.report(deps)
     data["classifier_version"] = deps.live.classifier_version
-    data.setdefault("learning", {})["model"] = await model_figures(deps)
+    data["learning"]["model"] = await model_figures(deps)
     return Response(orjson.dumps(data), media_type="application/json")
 
 

@@ -330,6 +330,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.learning = Counter(
+            "flashpro_learning_comparisons",
+            "Shadow comparisons by outcome (labelled, failed, skipped, cancelled) and reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.learning_spend = Counter(
+            "flashpro_learning_spend_usd",
+            "USD spent on shadow comparisons: kind shadow (the other tier's answer) or judge.",
+            ["kind"],
+            registry=r,
+        )
         self.started = Gauge(
             "flashpro_start_time_seconds",
             "When a flashpro worker started, unix time (the earliest of the workers).",
@@ -400,6 +412,14 @@ class Metrics:
     def tier_saturated(self, tier: str) -> None:
         """A request waited past a tier's queue_ms at its max_concurrency."""
         self.saturated.labels(tier).inc()
+
+    def comparison(self, outcome: str, reason: str = "") -> None:
+        """A shadow comparison ended (labelled, failed, skipped or cancelled; reason: a word)."""
+        self.learning.labels(outcome, reason).inc()
+
+    def learning_spent(self, kind: str, usd: float) -> None:
+        """USD a shadow comparison spent: kind shadow or judge."""
+        self.learning_spend.labels(kind).inc(usd)
 
     def upstream_in_flight(self, model: str, count: int) -> None:
         self.in_flight.labels(model).set(count)

@@ -54,10 +54,10 @@ from router.routing.classify import (
     read_classifier,
 )
 from router.routing.features import extract
+from router.state.labels import LabelsDown, open_labels
 from router.state.models import ModelStore, RedisModelStore
-from router.state.store import PREFIX, Client, Store, StoreDown, connect
+from router.state.store import Store, StoreDown, connect
 
-LABELS_KEY = f"{PREFIX}:learning:labels"  # the label store's sorted set (router/state/labels.py)
 MIN_HELD_OUT = 10
 TIMEOUT_S = 10.0
 RUN_DEADLINE_S = 1800.0  # one periodic run, start to finish (100k labels fit in about a minute)
@@ -157,17 +157,12 @@ async def _read_labels(store: Store | None, path: Path | None) -> list[Any]:
         return [obj for _, obj in read_jsonl(path)]
     if store is None:
         raise InputError("no labels: give --labels FILE.jsonl, or --redis-url (or REDIS_URL)")
-
-    async def read(client: Client) -> list[Any]:
-        return list(await client.zrangebyscore(LABELS_KEY, "-inf", "+inf"))
-
-    records = []
-    for member in await store.call(read):
-        try:
-            records.append(orjson.loads(member))
-        except orjson.JSONDecodeError:
-            records.append(None)  # counted as malformed
-    return records
+    try:
+        return list(await open_labels(store).labels())
+    except LabelsDown:
+        raise StoreDown(attempted=True) from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"a label in the label store is not JSON ({exc})") from None
 
 
 async def _current(

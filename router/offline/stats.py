@@ -112,6 +112,7 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
         )
     console.print(latest)
     calibration_table(data.get("calibration") or {}, console)
+    learning_table(data.get("learning") or {}, console)
 
 
 def model_rows(model: dict[str, Any]) -> list[tuple[str, str]]:
@@ -155,6 +156,34 @@ def calibration_table(calibration: dict[str, Any], console: Console) -> None:
                 "-" if threshold is None else f"{threshold:.3f}",
                 seen,
             )
+    console.print(table)
+
+
+def learning_table(learning: dict[str, Any], console: Console) -> None:
+    """Shadow comparisons (policy `learning:`): labels collected, today's spend against the
+    daily budget, agreement of the two swapped judgements, failures and skips by reason."""
+    if not learning.get("enabled"):
+        return
+    table = Table(title="learning from traffic (shadow comparisons)", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("labels collected", str(learning["labels"]))
+    table.add_row("labels in the last 24 h", str(learning["labels_24h"]))
+    agreement = learning.get("agreement")
+    table.add_row(
+        "judgements agreeing (order swapped)", "-" if agreement is None else f"{agreement:.1%}"
+    )
+    today = learning["spend_today_usd"]
+    budget = learning.get("daily_budget_usd")
+    usd = money([today["shadow"], today["judge"], budget])
+    table.add_row("shadow answers today", usd(today["shadow"]))
+    table.add_row("judgements today", usd(today["judge"]))
+    table.add_row("daily budget", usd(budget))
+    for outcome in ("failed", "skipped", "cancelled"):
+        counts = learning.get(outcome) or {}
+        if counts:
+            shown = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+            table.add_row(outcome, shown)
     console.print(table)
 
 

@@ -88,6 +88,10 @@ class Classifier(Protocol):
         """The score above which `share` of calibration traffic lies (policy `shares:`)."""
         ...
 
+    def share_above(self, score: float) -> float:
+        """The share of calibration traffic scoring at or above `score`."""
+        ...
+
 
 def estimate_tokens(request: ChatRequest) -> int:
     """Cheap prompt-size estimate (about four characters a token); O(messages), not O(text)."""
@@ -111,6 +115,9 @@ class FixedScoreClassifier:
 
     def threshold_for_share(self, share: float) -> float:
         return 1.0 - share  # scores read as uniform on [0, 1]
+
+    def share_above(self, score: float) -> float:
+        return 1.0 - score
 
 
 @dataclass(frozen=True)
@@ -263,6 +270,9 @@ class DifficultyClassifier:
 
     def threshold_for_share(self, share: float) -> float:
         return self.calibration.threshold_for_share(share)
+
+    def share_above(self, score: float) -> float:
+        return self.calibration.share_above(score)
 
     def reasons(self, features: Features) -> tuple[str, ...]:
         """The named features that moved the difficulty most against typical traffic, in words."""

@@ -134,6 +134,10 @@ class LiveCalibration:
                 found[alias] = steps
         return found
 
+    def current(self, alias: str) -> Thresholds | None:
+        """The live thresholds admission last used for `alias` (None: warming up, or not live)."""
+        return self._cached.get(alias, (0.0, None))[1]
+
     async def seen(self, policy: Policy, alias: str | None, score: float, tier: str) -> None:
         """Count a routed request's score toward its alias's window, if the alias is live."""
         spec = policy.aliases.get(alias or "")
