@@ -479,7 +479,10 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    with multiprocess_dir(args.workers):  # every worker's metrics add up on /metrics
+    from router.offline.learn import periodic_learning  # the policy's learning.refit_hours
+
+    # every worker's metrics add up on /metrics
+    with multiprocess_dir(args.workers), periodic_learning(args.policy, settings.redis_url):
         return serve(config)
 
 

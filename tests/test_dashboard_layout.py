@@ -94,6 +94,18 @@ def crafted_stats() -> dict[str, Any]:
         "recent": recent,
         "policy_version": "0123456789ab",
         "baseline_tier": "pro",
+        "classifier_version": "learned-0123456789ab",
+        "learning": {
+            "model": {
+                "version": "learned-0123456789ab",
+                "reload_error": None,
+                "promoted_at": 1764489600.0,
+                "previous": "shipped-ba9876543210",
+                "heldout_n": 240,
+                "apgr_before": 0.4812,
+                "apgr_after": 0.6123,
+            }
+        },
     }
 
 
@@ -163,7 +175,8 @@ MEASURE = r"""
           baseline: text("kpi-baseline"), hitRate: text("kpi-hit-rate"),
           hitLabel: document.getElementById("kpi-hit-rate").previousElementSibling.textContent,
           spendLabels: [...document.querySelectorAll("#spend-chart text")].map(t => t.textContent),
-          cells: [...document.querySelectorAll("#recent tbody td")].map(td => td.textContent)};
+          cells: [...document.querySelectorAll("#recent tbody td")].map(td => td.textContent),
+          meta: text("meta")};
 })()
 """
 
@@ -184,6 +197,11 @@ def test_dashboard_fits_the_window_without_overlaps(
     (results / shot.name).write_bytes(shot.read_bytes())
 
     assert measured["problems"] == []
+    # the live classifier, and what the promoted one gained on its held-out labels
+    assert (
+        "classifier learned-0123456789ab (held-out APGR 0.481 \u2192 0.612 on 240 labels)"
+        in (measured["meta"])
+    )
     # the whole page, captured beyond the window, is no wider than the window
     assert shot_width == width and shot_height > 400
 

@@ -18,7 +18,7 @@ from router.cli import main
 from router.routing.classify import classifier_version, load_versioned
 from router.routing.features import FEATURES_VERSION, extract
 from router.schemas import ChatRequest
-from tests.conftest import RedisServer, flashpro_process, wait_until
+from tests.conftest import ROOT, RedisServer, flashpro_process, wait_until
 
 LABELS_KEY = "flashpro:v1:learning:labels"
 MODELS = "flashpro:v1:models"
@@ -253,6 +253,12 @@ def test_running_processes_pick_up_promotions_rollbacks_and_refuse_a_corrupt_blo
             wait_until(lambda b=base: ready(b)["classifier_version"] == learned, 30, "the swap")
         after = [route(b, question) for b in bases]
         assert after[0] == after[1] and after[0] > before[0] == before[1]
+        model = httpx.get(bases[1] + "/v1/stats", timeout=30).json()["learning"]["model"]
+        assert model["version"] == learned and model["previous"] == shipped
+        assert model["apgr_after"] > model["apgr_before"] + 0.1 and model["heldout_n"] > 100
+        assert main(["stats", "--url", bases[0]]) == 0
+        shown = capsys.readouterr().out
+        assert learned in shown and "promoted model, held-out APGR" in shown
 
         garbage = b"PK\x03\x04 not really an artifact"
         bad = classifier_version(garbage, "learned")
@@ -273,3 +279,18 @@ def test_running_processes_pick_up_promotions_rollbacks_and_refuse_a_corrupt_blo
             wait_until(lambda b=base: ready(b)["classifier_version"] == shipped, 30, "rollback")
             assert ready(base)["classifier_reload_error"] is None
             assert route(base, question) == before[0]
+
+
+def test_serve_runs_learn_every_refit_period(redis_url: str, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    default = (ROOT / "policies" / "default.yaml").read_text("utf-8")
+    policy.write_text(default + "\nlearning:\n  sample_rate: 0.0\n  refit_hours: 0.0005\n")
+    store_labels(redis_url, labels(1000, signal=True))
+    env = {"REDIS_URL": redis_url, "FLASHPRO_POLICY_POLL_SECONDS": "0.2", "DEEPSEEK_API_KEY": ""}
+    args = ["--simulate", "--policy", str(policy), "--log-level", "info"]
+    with flashpro_process(args, env, "/readyz") as running:
+        wait_until(lambda: live(redis_url) is not None, 120, "a periodic run to promote")
+        learned = live(redis_url)
+        assert learned is not None and learned.startswith("learned-")
+        wait_until(lambda: ready(running.base)["classifier_version"] == learned, 30, "the swap")
+        wait_until(lambda: "flashpro learn: promoted" in running.output(), 30, "the log line")

@@ -1,8 +1,11 @@
 """Learning from traffic, end to end: real processes (redis-server, the simulated DeepSeek with a
 ground truth, flashpro with a learning policy), the openai SDK as the client.
 
-A traffic shift on a `calibration: live` alias: the measured Pro share comes back to the
-policy's share, where the calibration set's thresholds drift far from it.
+Traffic from a domain the shipped classifier misreads (tests/learning_domain.py) is replayed;
+shadow comparisons label it with the simulated judge; `flashpro learn` refits and promotes; the
+running proxy picks the new classifier up; routing quality against the simulator's truth (APGR
+on held-out prompts of the domain, scores from POST /v1/route) rises. Then a traffic shift on a
+`calibration: live` alias: the measured Pro share comes back to the policy's share.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import openai
 import pytest
 import redis
 
+from router.offline.evaluate import apgr, routing_curve
 from tests.conftest import (
     ROOT,
     STARTUP_DEADLINE_S,
@@ -33,13 +37,18 @@ from tests.conftest import (
     http_ok,
     wait_until,
 )
+from tests.learning_domain import expected_quality, fit_prompts, held_out_prompts
 from tests.test_calibration import FIXED_ALIAS, pro_share, prompt
 
 LEARNING_ALIAS = "auto"  # fixed thresholds: its scores are what the refit changes
 LIVE_ALIAS = "auto-economy"  # calibration: live, shares {pro: 0.12}
 LIVE_SHARE = 0.12
 FIXED = "economy-fixed"  # the same shares with the calibration set's thresholds
+REPLAYED = 900  # fit prompts replayed through the proxy (each one compared)
+MIN_LABELS = 500  # flashpro learn promotes from about 500 on this domain (bench/learning.py)
 CLIENTS = 8
+LABELS_KEY = "flashpro:v1:learning:labels"  # the label store (a sorted set)
+LIVE_MODEL_KEY = "flashpro:v1:models:live"  # the promoted classifier's version
 LEARNING = f"""
 learning:
   sample_rate: 1.0
@@ -146,6 +155,10 @@ async def routes(base: str, alias: str, prompts: Sequence[str]) -> list[dict[str
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
+def scores(base: str, prompts: Sequence[str]) -> list[float]:
+    return [float(d["score"]) for d in asyncio.run(routes(base, LEARNING_ALIAS, prompts))]
+
+
 async def replay(base: str, model: str, prompts: Sequence[str]) -> list[str]:
     """Send each prompt as a chat request with the openai SDK; the tiers that served them."""
     limit = asyncio.Semaphore(CLIENTS)
@@ -163,6 +176,64 @@ async def replay(base: str, model: str, prompts: Sequence[str]) -> list[str]:
         return list(await asyncio.gather(*(one(p) for p in prompts)))
     finally:
         await client.close()
+
+
+def routing_apgr(scores: Sequence[float], prompts: Sequence[str]) -> float:
+    strong, weak = expected_quality(prompts)
+    return apgr(routing_curve(scores, strong, weak))
+
+
+def comparisons_done(base: str) -> bool:
+    """No shadow comparison is running any more (GET /v1/stats)."""
+    learning = httpx.get(base + "/v1/stats", timeout=10).json()["learning"]
+    return bool(learning["in_flight"] == 0)
+
+
+def classifier_version(base: str) -> str:
+    return str(httpx.get(base + "/readyz", timeout=10).json()["classifier_version"])
+
+
+def test_learning_from_judged_traffic_raises_routing_quality(loop: Loop) -> None:
+    held = held_out_prompts()
+    shipped = classifier_version(loop.proxy)
+    assert shipped.startswith("shipped-")
+    before = routing_apgr(scores(loop.proxy, held), held)
+
+    replayed = random.Random(5).sample(fit_prompts(), REPLAYED)
+    asyncio.run(replay(loop.proxy, LEARNING_ALIAS, replayed))
+    store = redis.Redis.from_url(loop.redis_url, decode_responses=True)
+    wait_until(
+        lambda: store.zcard(LABELS_KEY) >= MIN_LABELS and comparisons_done(loop.proxy),
+        timeout_s=120,
+        what=f"{MIN_LABELS} labels",
+    )
+    labels = store.zcard(LABELS_KEY)
+
+    learned = subprocess.run(
+        [sys.executable, "-m", "router", "learn", "--redis-url", loop.redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert learned.returncode == 0, learned.stdout + learned.stderr
+    live = str(store.get(LIVE_MODEL_KEY))
+    assert live.startswith("learned-"), learned.stdout
+    wait_until(
+        lambda: classifier_version(loop.proxy) == live,
+        timeout_s=60,
+        what="the proxy to load the promoted classifier",
+    )
+    after = routing_apgr(scores(loop.proxy, held), held)
+    stats = httpx.get(loop.proxy + "/v1/stats", timeout=10).json()["learning"]
+    spend = stats["spend_usd"]
+    print(
+        f"\nAPGR against the simulator's truth on {len(held)} held-out prompts: shipped "
+        f"{before:.3f}, learned {after:.3f}; {labels} labels from {REPLAYED} requests, judges "
+        f"agreed on {stats['agreement']:.0%}, simulated spend: shadow answers "
+        f"${spend['shadow']:.2f}, judge ${spend['judge']:.2f}\n{learned.stdout}"
+    )
+    assert after - before >= 0.1
 
 
 def test_live_calibration_keeps_the_pro_share_after_the_traffic_mix_changes(loop: Loop) -> None:

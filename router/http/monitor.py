@@ -23,6 +23,8 @@ from router.routing.callers import Caller
 from router.routing.constrain import Spent
 from router.shadow import Shadows
 from router.state.controls import budget_scopes
+from router.state.models import promotion
+from router.state.store import StoreDown
 
 FEEDBACK_MAX_BYTES = 64 * 1024
 
@@ -72,7 +74,20 @@ async def stats(request: Request) -> Response:
     )
     shadows: Shadows = request.app.state.shadows
     data["learning"] = await shadows.report(deps)
+    data["classifier_version"] = deps.live.classifier_version
+    data["learning"]["model"] = await model_figures(deps)
     return Response(orjson.dumps(data), media_type="application/json")
+
+
+async def model_figures(deps: Deps) -> dict[str, Any]:
+    """The live classifier: its version, a failed reload's error and, for a promoted one, the
+    report that promoted it (held-out APGR before and after)."""
+    version = deps.live.classifier_version
+    try:
+        report = await deps.models.report(version) if version.startswith("learned-") else None
+    except StoreDown:
+        report = None
+    return {"version": version, "reload_error": deps.holder.model_error, **promotion(report)}
 
 
 @monitor.get("/dashboard")

@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +54,13 @@ from router.routing.classify import (
     read_classifier,
 )
 from router.routing.features import extract
+from router.state.labels import LabelsDown, open_labels
 from router.state.models import ModelStore, RedisModelStore
-from router.state.store import PREFIX, Client, Store, StoreDown, connect
+from router.state.store import Store, StoreDown, connect
 
-LABELS_KEY = f"{PREFIX}:learning:labels"  # the label store's sorted set (router/state/labels.py)
 MIN_HELD_OUT = 10
 TIMEOUT_S = 10.0
+RUN_DEADLINE_S = 1800.0  # one periodic run, start to finish (100k labels fit in about a minute)
 
 
 def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,17 +157,12 @@ async def _read_labels(store: Store | None, path: Path | None) -> list[Any]:
         return [obj for _, obj in read_jsonl(path)]
     if store is None:
         raise InputError("no labels: give --labels FILE.jsonl, or --redis-url (or REDIS_URL)")
-
-    async def read(client: Client) -> list[Any]:
-        return list(await client.zrangebyscore(LABELS_KEY, "-inf", "+inf"))
-
-    records = []
-    for member in await store.call(read):
-        try:
-            records.append(orjson.loads(member))
-        except orjson.JSONDecodeError:
-            records.append(None)  # counted as malformed
-    return records
+    try:
+        return list(await open_labels(store).labels())
+    except LabelsDown:
+        raise StoreDown(attempted=True) from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"a label in the label store is not JSON ({exc})") from None
 
 
 async def _current(
@@ -322,3 +324,76 @@ def render(outcome: Outcome, better: bool) -> str:
     else:
         lines.append(f"kept {outcome.current} ({outcome.reason})")
     return "\n".join(lines)
+
+
+class PeriodicLearning:
+    """The policy's `learning.refit_hours`, run by `flashpro serve`: every so many hours,
+    `flashpro learn` in a child process (the server never imports this module) against
+    REDIS_URL, with a deadline, its outcome logged in one line. The policy file is re-read on
+    every tick, so an edit that sets, changes or removes `refit_hours` takes effect."""
+
+    def __init__(
+        self,
+        policy: Path | None,
+        redis_url: str | None,
+        log: logging.Logger,
+        deadline_s: float = RUN_DEADLINE_S,
+    ) -> None:
+        self._policy = policy
+        self._redis_url = redis_url
+        self._log = log
+        self._deadline_s = deadline_s
+        self.stop = threading.Event()
+        self._warned = False
+
+    def hours(self) -> float | None:
+        from router.routing.policy import PolicyError, load_policy
+
+        try:
+            learning = load_policy(self._policy)[0].learning
+        except PolicyError:
+            return None  # the server logs the bad edit; the job waits for a good one
+        return learning.refit_hours if learning is not None else None
+
+    def run(self) -> None:
+        """Until `stop` is set: wait out each period, then learn once."""
+        last = time.monotonic()
+        while True:
+            hours = self.hours()
+            tick = 60.0 if hours is None else min(60.0, max(0.2, hours * 360))
+            if self.stop.wait(tick):
+                return
+            if hours is not None and time.monotonic() - last >= hours * 3600:
+                last = time.monotonic()
+                self.once()
+
+    def once(self) -> str:
+        """Run `flashpro learn` once; its outcome line (also logged)."""
+        if not self._redis_url:
+            if not self._warned:
+                self._log.warning("learning.refit_hours needs REDIS_URL (the label store)")
+                self._warned = True
+            return "no REDIS_URL"
+        command = [sys.executable, "-m", "router", "learn", "--redis-url", self._redis_url]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=self._deadline_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            outcome = f"stopped after {self._deadline_s:.0f} s without an outcome"
+        else:
+            lines = (done.stdout.strip() or done.stderr.strip() or "no output").split("\n")
+            outcome = lines[-1]
+        self._log.info("flashpro learn: %s", outcome)
+        return outcome
+
+
+@contextlib.contextmanager
+def periodic_learning(policy: Path | None, redis_url: str | None) -> Iterator[PeriodicLearning]:
+    """The periodic job in a daemon thread while open."""
+    job = PeriodicLearning(policy, redis_url, logging.getLogger("flashpro.learn"))
+    threading.Thread(target=job.run, name="flashpro-learn", daemon=True).start()
+    try:
+        yield job
+    finally:
+        job.stop.set()

@@ -7,6 +7,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,6 +70,8 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
         "-" if hit_rate is None else f"{hit_rate:.1%}",
     )
     summary.add_row("policy", str(data.get("policy_version", "-")))
+    for figure, value in model_rows((data.get("learning") or {}).get("model") or {}):
+        summary.add_row(figure, value)
     console.print(summary)
 
     tiers = Table(title="per tier")
@@ -110,6 +113,27 @@ def render(data: dict[str, Any], console: Console, recent: int = 10) -> None:
     console.print(latest)
     calibration_table(data.get("calibration") or {}, console)
     learning_table(data.get("learning") or {}, console)
+
+
+def model_rows(model: dict[str, Any]) -> list[tuple[str, str]]:
+    """The live classifier: its version, a failed reload, and what a promoted one gained on
+    the held-out labels that promoted it (`flashpro learn`)."""
+    if not model:
+        return []
+    rows = [("classifier", str(model.get("version", "-")))]
+    if model.get("reload_error"):
+        rows.append(("classifier reload failed", str(model["reload_error"])))
+    before, after = model.get("apgr_before"), model.get("apgr_after")
+    if before is not None and after is not None:
+        when = model.get("promoted_at")
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when)) if when else "-"
+        rows.append(
+            (
+                "promoted model, held-out APGR",
+                f"{before:.3f} -> {after:.3f} on {model.get('heldout_n')} labels ({at})",
+            )
+        )
+    return rows
 
 
 def calibration_table(calibration: dict[str, Any], console: Console) -> None:

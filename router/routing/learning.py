@@ -90,6 +90,13 @@ class Learning(_Strict):
         description="Each answer (and the request) is cut to this many characters in the "
         "judge's prompt.",
     )
+    refit_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description="`flashpro serve` runs `flashpro learn` this often (hours) on the labels in "
+        "REDIS_URL; a refit classifier is promoted only when it is better on held-out labels. "
+        "Absent: never (run `flashpro learn` yourself).",
+    )
 
     @model_validator(mode="after")
     def _two_tiers(self) -> Learning:

@@ -174,6 +174,29 @@ class RedisModelStore:
         await self._store.aclose()
 
 
+def _figure(value: Any) -> float | None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number else None
+
+
+def promotion(report: dict[str, Any] | None) -> dict[str, Any]:
+    """What /v1/stats shows of a promotion's report: when, from which version, and the held-out
+    figures before and after (None where the report does not say)."""
+    report = report or {}
+    current, candidate = report.get("current"), report.get("candidate")
+    current = current if isinstance(current, dict) else {}
+    candidate = candidate if isinstance(candidate, dict) else {}
+    previous = report.get("previous")
+    heldout = _figure(current.get("heldout_n"))
+    return {
+        "promoted_at": _figure(report.get("promoted_at")),
+        "previous": previous if isinstance(previous, str) else None,
+        "heldout_n": None if heldout is None else int(heldout),
+        "apgr_before": _figure(current.get("apgr")),
+        "apgr_after": _figure(candidate.get("apgr")),
+    }
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
