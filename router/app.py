@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
     )
     app.responses = ResponsesEndpoint(
-        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth, shadows
     )
     app.state.settings = settings
     app.state.shadows = shadows

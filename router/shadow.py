@@ -17,7 +17,9 @@ What is never compared, because it cannot be judged fairly: cache hits (nothing 
 answers a fallback tier gave, requests a rule or a live limit decided (or pinned to a tier:
 only the score's decisions are what a label can change), requests with tools (a tool call is no
 answer to judge), images (the judge tier may not read them), `n` > 1, answers cut short or
-empty, and the Messages and Responses doors (only chat completions are offered for now).
+empty, and the Messages door (its body is relayed in Anthropic format; its chat view is not
+what the upstream answered). Chat completions and the Responses door (whose chat request is
+what the pipeline sends) are offered.
 
 Spend: both calls are priced from the policy and counted in the shared daily learning spend
 (`daily_budget_usd`), the `flashpro_learning_spend_usd` metric and the label; they are also
@@ -79,7 +81,7 @@ def unfit(routed: Routed, cache: CacheStatus, trail: Trail, body: dict[str, Any]
     """Why an answered request cannot be compared fairly, or None when it can."""
     request, decision = routed.request, routed.decision
     checks = (
-        (routed.api != "chat" or routed.anthropic is not None, "door"),
+        (routed.anthropic is not None, "door"),
         (cache == "hit", "cache_hit"),
         (trail.fallback is not None, "fallback"),
         (decision.alias is None or not decision.rule.startswith("threshold:"), "rule"),
@@ -157,7 +159,7 @@ class Shadows:
         """A stream as the client gets it; with learning on, also assembled on the side, and the
         answer put in `whole` once the stream ended whole (to `offer` after it is sent)."""
         routing = routed.routing or self._deps_of().live
-        if routing.policy.learning is None or routed.api != "chat":
+        if routing.policy.learning is None or routed.anthropic is not None:
             return chunks
         return _assembled(format_of(routed).assembler(), chunks, whole)
 

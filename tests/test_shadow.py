@@ -303,19 +303,28 @@ def test_each_sampled_request_gets_a_label_with_both_verdicts(
     assert f'<td class="num">{len(texts)}</td>' in card and "100.0%" in card
 
 
-def test_prompts_are_kept_in_labels_only_with_consent(
+def test_prompts_are_kept_in_labels_only_with_consent_and_the_spend_is_charged(
     clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
 ) -> None:
-    learning = "{sample_rate: 1, floor: 1, store_prompts: true}"
+    learning = (
+        "{sample_rate: 1, floor: 1, store_prompts: true}\nbudgets: {total: {usd_per_day: 100}}"
+    )
     settings = settings_for(clean_sim, policy=policy_file(tmp_path, learning))
     deps = deps_for(settings)
     with serve_app(settings, deps) as base:
-        ask(base, "My private question score=0.2")
+        answer = client(base).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "My private question score=0.2"}]
+        )
         settled(base, 1)
     (label,) = stored_labels(deps)
     assert label["request"]["messages"] == [
         {"role": "user", "content": "My private question score=0.2"}
     ]
+    # the client's answer, the shadow answer and both judgements, all in the total budget
+    ((day, _month),) = asyncio.run(deps.controls.ledger.spent(["total"], time.time()))
+    client_usd = float(answer.headers["x-flashpro-cost-usd"])
+    learned_usd = label["cost_usd"]["shadow"] + label["cost_usd"]["judge"]
+    assert day == pytest.approx(client_usd + learned_usd, rel=1e-6)
 
 
 def test_rate_and_budget_gates_are_shared_by_two_processes_on_one_redis(
@@ -395,3 +404,21 @@ def test_streams_cut_short_are_charged_as_before_and_never_compared(
         stats = learning_stats(base)
     assert stats["in_flight"] == 0 and stats["labels"] == 0 and not stats["failed"]
     assert [r.body["model"] for r in chats(clean_sim) if r.body] == [FLASH, FLASH]
+
+
+def test_the_responses_door_is_compared_like_chat_completions(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1, floor: 1}"))
+    deps = deps_for(settings)
+    with serve_app(settings, deps) as base:
+        whole = client(base).responses.create(model="auto", input="Plan a trip score=0.2")
+        streamed = client(base).responses.create(
+            model="auto", input="Plan a dinner score=0.3", stream=True
+        )
+        kinds = [event.type for event in streamed]
+        settled(base, 2)
+    assert whole.output_text and kinds[-1] == "response.completed"
+    labels = stored_labels(deps)
+    assert sorted(label["score"] for label in labels) == [0.2, 0.3]
+    assert all(label["served"] == "flash" and len(label["verdicts"]) == 2 for label in labels)

@@ -38,6 +38,7 @@ from router.pipeline import Deps, cache_plan, complete, open_stream
 from router.routing.auth import authorize
 from router.routing.callers import Caller, bearer_digest
 from router.schemas import ChatRequest
+from router.shadow import Shadows
 from router.state.cache import namespace_of
 from router.state.controls import group_of
 from router.state.responses import StoredResponse, new_response_id
@@ -104,12 +105,17 @@ class ResponsesEndpoint:
     """`/v1/responses` and `/v1/responses/{id}` as an ASGI callable."""
 
     def __init__(
-        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+        self,
+        deps_of: Callable[[], Deps],
+        max_body_bytes: int,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        shadows: Shadows | None = None,
     ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
         self.max_depth = max_json_depth
         self.bridge = ResponsesBridge()
+        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
@@ -139,18 +145,25 @@ class ResponsesEndpoint:
         plan = cache_plan(deps, routed, headers)
         response_id = new_response_id()
         if request.stream:
-            opened = await open_stream(deps, routed, plan)
+            opened, whole = await open_stream(deps, routed, plan), list[dict[str, Any]]()
             model = opened.decision.model.split("/", 1)[-1]
-            events = self.bridge.events(request, opened.chunks, response_id, model)
+            chunks = opened.chunks
+            if self.shadows is not None:  # assembled on the side only with learning on
+                chunks = self.shadows.watch(routed, chunks, whole)
+            events = self.bridge.events(request, chunks, response_id, model)
             stream = self._sse(deps, namespace, request, history, events)
             extra = ignored_header(request)
             await send_stream(send, receive, stream, {**answer_headers(opened, rid), **extra})
+            if self.shadows is not None and whole:
+                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
             return
         answer = await complete(deps, routed, plan)
         out = self.bridge.from_chat(request, answer.body, response_id)
         await self._keep(deps, namespace, request, history, out)
         extra = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **ignored_header(request)}
         await send_json(send, 200, out, {**extra, **answer_headers(answer, rid)})
+        if self.shadows is not None:
+            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
 
     async def _retrieve(
         self, exchange: Exchange, headers: Mapping[str, str], response_id: str, send: Send
