@@ -422,3 +422,42 @@ def test_the_responses_door_is_compared_like_chat_completions(
     labels = stored_labels(deps)
     assert sorted(label["score"] for label in labels) == [0.2, 0.3]
     assert all(label["served"] == "flash" and len(label["verdicts"]) == 2 for label in labels)
+
+
+def test_what_cannot_be_judged_fairly_is_skipped_and_counted(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1, floor: 1}"))
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {}}},
+    }
+    with serve_app(settings, deps_for(settings)) as base:
+        ask(base, "Same again score=0.2")
+        ask(base, "Same again score=0.2")  # a cache hit: nothing was generated
+        ask(base, "Use a tool score=0.2", tools=[tool])
+        ask(base, "Two answers score=0.2", n=2)
+        client(base).chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "Quality please score=0.2"}],
+            extra_headers={"x-flashpro-quality": "high"},  # a rule moves it to Pro
+        )
+        client(base).chat.completions.create(
+            model="pro", messages=[{"role": "user", "content": "Pinned score=0.2"}]
+        )
+        stats = settled(base, 1)
+    assert stats["labels"] == 1
+    assert stats["skipped"] == {"cache_hit": 1, "tools": 1, "n": 1, "rule": 1}
+
+
+def test_comparisons_past_max_in_flight_are_skipped(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    learning = "{sample_rate: 1, floor: 1, max_in_flight: 1}"
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, learning))
+    httpx.post(clean_sim.url + "/_sim/faults", json={"model": PRO, "delay_ms": 3000, "count": 1})
+    with serve_app(settings, deps_for(settings)) as base:
+        ask(base, "First score=0.2")
+        ask(base, "Second score=0.25")
+        stats = learning_stats(base)
+    assert stats["in_flight"] == 1 and stats["skipped"] == {"busy": 1}

@@ -56,7 +56,9 @@ class Learning(_Strict):
         default=1.0,
         gt=0,
         description="Shadow answers plus judgements per UTC day, every process together; once "
-        "spent, no comparison starts until the next day. Also charged to `budgets.total`.",
+        "spent, no comparison starts until the next day (it is checked before each comparison "
+        "and again before its judgements, so the comparisons in flight may pass it by their "
+        "own cost). Also charged to `budgets.total`.",
     )
     judge_tier: str = Field(default="pro", description="The tier that judges the two answers.")
     compare: tuple[str, str] | None = Field(
