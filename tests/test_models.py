@@ -159,3 +159,15 @@ async def test_one_promoter_at_a_time(store: ModelStore) -> None:
     await store.release("a")
     assert await store.claim("b", 60)
     await store.release("b")
+
+
+async def test_a_forced_check_retries_a_version_that_failed_to_load(store: ModelStore) -> None:
+    holder, base = live_holder()
+    reloader = ModelReloader(holder, store, base, {})
+    _, data, version = shifted(1.5)
+    await store.promote(version, data[:100], {})  # cut short: refused
+    assert not await reloader.check()
+    await store.promote(version, data, {})  # the whole artifact under the same version
+    assert not await reloader.check()  # a failed version is not reloaded on every poll
+    assert await reloader.check(force=True)  # SIGHUP forces it
+    assert holder.current.classifier_version == version and holder.model_error is None
