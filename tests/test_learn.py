@@ -202,6 +202,13 @@ def test_a_second_learner_waits_for_the_first(
     assert redis.Redis.from_url(redis_url).get(f"{MODELS}:lock") is None  # released
 
 
+def test_an_unreachable_redis_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in ([], ["--rollback"], ["--dry-run"]):
+        code, out, err = learn(capsys, "--redis-url", "redis://127.0.0.1:9/0", *args)
+        assert code == 2 and out == ""
+        assert err == "flashpro: Redis at redis://127.0.0.1:9/0 is unavailable\n"
+
+
 def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for bad in (["--holdout", "1.5"], ["--min-labels", "-3"], ["--prior-strength", "0"]):
         with pytest.raises(SystemExit) as exit_:

@@ -131,8 +131,11 @@ def run_learn(args: argparse.Namespace) -> int:
 def _open(url: str | None) -> Store | None:
     if not url:
         return None
+    quiet = logging.getLogger("flashpro.learn.redis")  # an outage is the command's one error line
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
     try:
-        return Store(connect(url, TIMEOUT_S))
+        return Store(connect(url, TIMEOUT_S), quiet)
     except ValueError as exc:
         raise InputError(f"--redis-url: {exc}") from None
 
