@@ -189,6 +189,28 @@ def test_rollback_restores_the_previous_classifier(
     assert live(redis_url) is None
 
 
+def test_a_second_learner_waits_for_the_first(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_labels(redis_url, labels(400, signal=True))
+    redis.Redis.from_url(redis_url).set(f"{MODELS}:lock", "another", ex=60)
+    code, _, err = learn(capsys, "--redis-url", redis_url)
+    assert code == 2 and "another flashpro learn is promoting" in err
+    assert learn(capsys, "--redis-url", redis_url, "--dry-run")[0] == 0  # evaluating is fine
+    redis.Redis.from_url(redis_url).delete(f"{MODELS}:lock")
+    assert learn(capsys, "--redis-url", redis_url)[0] == 0 and live(redis_url) is not None
+    assert redis.Redis.from_url(redis_url).get(f"{MODELS}:lock") is None  # released
+
+
+def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--holdout", "1.5"], ["--min-labels", "-3"], ["--prior-strength", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["learn", *bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad[0] in err
+
+
 def test_unusable_labels_are_skipped_and_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -149,3 +149,13 @@ async def test_hot_reload_loads_the_live_model_before_serving_without_a_policy_f
     async with hot_reload(holder, None, build, 0, reloader) as policies:  # type: ignore[arg-type]
         assert policies is None
         assert holder.current.classifier_version == version
+
+
+async def test_one_promoter_at_a_time(store: ModelStore) -> None:
+    assert await store.claim("a", 60)
+    assert not await store.claim("b", 60)
+    await store.release("b")  # not its lock: nothing changes
+    assert not await store.claim("b", 60)
+    await store.release("a")
+    assert await store.claim("b", 60)
+    await store.release("b")

@@ -91,8 +91,9 @@ class ModelReloader:
         self._failed_version: str | None = None
         self._lock = asyncio.Lock()  # a SIGHUP during a poll waits for it
 
-    async def check(self) -> bool:
-        """Swap in the store's live classifier if it changed. True on a swap."""
+    async def check(self, force: bool = False) -> bool:
+        """Swap in the store's live classifier if it changed (`force`: even one that failed to
+        load before). True on a swap."""
         async with self._lock:
             try:
                 wanted = await self._store.live() or self._base[1]
@@ -100,14 +101,14 @@ class ModelReloader:
                     self._holder.model_error = None
                     self._failed_version = None
                     return False
-                if wanted == self._failed_version:
+                if wanted == self._failed_version and not force:
                     return False
                 classifier = await self._load(wanted)
             except StoreDown:
                 return False
             except ValueError as exc:
                 self._failed_version = wanted
-                self._holder.model_error = f"classifier {wanted}: {exc}"
+                self._holder.model_error = f"classifier {wanted[:80]}: {exc}"
                 log.error(
                     "classifier reload failed, keeping %s: %s",
                     self._holder.current.classifier_version,
@@ -175,7 +176,7 @@ async def hot_reload(
         if reloader is not None:
             reloader.check(True)
         if models is not None:
-            check = asyncio.create_task(models.check())
+            check = asyncio.create_task(models.check(force=True))
             checks.add(check)
             check.add_done_callback(checks.discard)
 

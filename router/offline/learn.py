@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -77,11 +79,11 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--holdout", type=_share, default=0.2, help="share held out (0.2)")
     parser.add_argument(
-        "--min-labels", type=int, default=100, help="refuse with fewer usable labels (100)"
+        "--min-labels", type=_count, default=100, help="refuse with fewer usable labels (100)"
     )
     parser.add_argument(
         "--prior-strength",
-        type=float,
+        type=_positive,
         default=STRENGTH,
         help=f"how strongly the fit stays near the live gain head ({STRENGTH:g})",
     )
@@ -106,6 +108,22 @@ def _share(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def run_learn(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
@@ -122,7 +140,13 @@ def _open(url: str | None) -> Store | None:
 async def _run(args: argparse.Namespace) -> int:
     store = _open(args.redis_url)
     models = RedisModelStore(store) if store is not None else None
+    owner = secrets.token_hex(8)
+    locked = False
     try:
+        if models is not None and (args.rollback or not args.dry_run):
+            locked = await models.claim(owner, RUN_DEADLINE_S)
+            if not locked:
+                raise InputError("another flashpro learn is promoting or rolling back: try later")
         if args.rollback:
             return await _rollback(models, args.json)
         return await _learn(args, store, models)
@@ -130,6 +154,9 @@ async def _run(args: argparse.Namespace) -> int:
         raise InputError(f"Redis at {args.redis_url} is unavailable") from None
     finally:
         if store is not None:
+            if locked and models is not None:
+                with contextlib.suppress(StoreDown):
+                    await models.release(owner)
             await store.aclose()
 
 

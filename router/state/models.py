@@ -4,7 +4,8 @@ configured, else process memory).
 
 With Redis (keys under `flashpro:v1:models:`): `live` holds the live version, `blob:<version>`
 the artifact's bytes (`DifficultyClassifier.to_bytes`), `history` the promoted versions, newest
-first, and `report:<version>` the JSON evaluation that promoted it. No `live` key means no model
+first, `report:<version>` the JSON evaluation that promoted it, and `lock` the promotion lock
+(one `flashpro learn` at a time, with an expiry). No `live` key means no model
 was promoted (or every promotion was rolled back): each process runs the classifier it started
 with. `flashpro learn` writes here; every server process polls `live` (router/http/reload.py)
 and swaps a changed model in. The last HISTORY promotions are kept, older blobs are deleted.
@@ -33,6 +34,11 @@ if now then redis.call('SET', KEYS[2], now) else redis.call('DEL', KEYS[2]) end
 return {gone, now or ''}
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class ModelStore(Protocol):
     """The live classifier version and the promoted artifacts (module docstring). Redis
@@ -59,6 +65,15 @@ class ModelStore(Protocol):
         None for the one each process started with); None when nothing was promoted."""
         ...
 
+    async def claim(self, owner: str, seconds: float) -> bool:
+        """Take the promotion lock for up to `seconds` (one `flashpro learn` promotes or rolls
+        back at a time); False while another owner holds it."""
+        ...
+
+    async def release(self, owner: str) -> None:
+        """Give the lock back, if `owner` still holds it."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -69,6 +84,7 @@ class MemoryModelStore:
         self._blobs: dict[str, bytes] = {}
         self._reports: dict[str, dict[str, Any]] = {}
         self._history: list[str] = []
+        self._owner: str | None = None
 
     async def live(self) -> str | None:
         return self._history[0] if self._history else None
@@ -96,6 +112,16 @@ class MemoryModelStore:
             return None
         gone = self._history.pop(0)
         return gone, (self._history[0] if self._history else None)
+
+    async def claim(self, owner: str, seconds: float) -> bool:
+        if self._owner not in (None, owner):
+            return False
+        self._owner = owner
+        return True
+
+    async def release(self, owner: str) -> None:
+        if self._owner == owner:
+            self._owner = None
 
     async def aclose(self) -> None:
         return None
@@ -169,6 +195,18 @@ class RedisModelStore:
             return None
         gone, now = (_text(v) for v in popped)
         return gone, now or None
+
+    async def claim(self, owner: str, seconds: float) -> bool:
+        async def take(client: Client) -> bool:
+            return bool(await client.set(f"{_KEYS}:lock", owner, nx=True, ex=max(1, int(seconds))))
+
+        return await self._store.call(take)
+
+    async def release(self, owner: str) -> None:
+        async def give(client: Client) -> None:
+            await client.eval(_RELEASE, 1, f"{_KEYS}:lock", owner)
+
+        await self._store.call(give)
 
     async def aclose(self) -> None:
         await self._store.aclose()
