@@ -94,6 +94,8 @@ def test_dashboard_renders_charts_in_headless_chromium(
     assert "hidden" not in card[: card.index(">")]
     target = httpx.get(base + "/v1/stats").json()["calibration"]["auto-economy"]["tiers"]["pro"]
     assert "<td>auto-economy</td>" in card and f"{target['target'] * 100:.1f}%" in card
+    learning = html[html.index('id="learning-card"') :]
+    assert "hidden" in learning[: learning.index(">")]  # the default policy learns nothing
 
     shot = tmp_path / "dashboard.png"
     browse(

@@ -137,7 +137,7 @@ def test_sampling_compares_only_near_the_threshold_when_the_floor_is_tiny(
 ) -> None:
     learning = "{sample_rate: 1.0, near_threshold: 0.3, floor: 0.000001, max_per_minute: 100}"
     settings = settings_for(clean_sim, policy=policy_file(tmp_path, learning))
-    near = [f"near {i} score=0.{70 + i}" for i in range(3)]
+    near = [f"near {i} score=0.70" for i in range(3)]  # at the threshold: chance 1
     far = [f"far {i} score=0.0{i}" for i in range(5)]
     with serve_app(settings, deps_for(settings)) as base:
         for text in near + far:
@@ -338,19 +338,22 @@ def test_rate_and_budget_gates_are_shared_by_two_processes_on_one_redis(
         await store.aclose()
 
     asyncio.run(forget())
-    if time.time() % 60 > 50:  # the per-minute window is a calendar minute: stay inside one
-        time.sleep(61 - time.time() % 60)
     rated = policy_file(tmp_path, "{sample_rate: 1, floor: 1, max_per_minute: 2}")
     settings = settings_for(clean_sim, policy=rated, redis_url=redis_server.url)
     with (
         serve_app(settings, deps_for(settings)) as one,
         serve_app(settings, deps_for(settings)) as two,
     ):
+        if time.time() % 60 > 45:  # the per-minute window is a calendar minute: start a new one
+            time.sleep(61 - time.time() % 60)
+        minute = int(time.time() // 60)
         for i in range(3):
             ask(one, f"first process {i} score=0.3")
             ask(two, f"second process {i} score=0.3")
         stats = settled(one, 6)
-    assert stats["labels"] == 2 and stats["skipped"] == {"rate": 4}
+        minutes = int(time.time() // 60) - minute + 1
+    assert stats["labels"] + stats["skipped"]["rate"] == 6
+    assert stats["labels"] == 2 or (minutes > 1 and stats["labels"] <= 2 * minutes)
 
     asyncio.run(forget())
     (tmp_path / "budget").mkdir()
