@@ -2,9 +2,8 @@
 computation (numpy, scipy's L-BFGS); `flashpro learn` (router/offline/learn.py) calls it.
 
 The training sets behind the shipped head are not shipped, so they enter as a prior: the refit
-minimises the labels' soft log loss plus `strength / 2 * |w - w_live|^2` (dense features
-standardised over the fitted rows, as `flashpro train` fits them), so with few labels the head
-stays the live one and a word the labels keep marking moves it. Only the hashed buckets seen in
+minimises the labels' soft log loss plus `strength / 2 * |w - w_live|^2`, so with few labels the
+head stays the live one and a word the labels keep marking moves it. Only the hashed buckets seen in
 at least MIN_ROWS rows and the dense features move; every other weight is the live head's.
 
 The refit changes the order of requests, not the level of the scores: the new head's bias is
@@ -66,8 +65,11 @@ def refit_gain(live: Head, rows: Rows, strength: float = STRENGTH) -> Head:
     seen = np.bincount(x[:, :HASH_BUCKETS].indices, minlength=HASH_BUCKETS)
     buckets = np.flatnonzero(seen >= MIN_ROWS)
     dense = x[:, HASH_BUCKETS:].toarray()
-    mean, scale = dense.mean(0), dense.std(0) + 1e-6
-    xs = sp.hstack([x[:, buckets], sp.csr_matrix((dense - mean) / scale)]).tocsr()
+    # Centred (the bias absorbs the mean) but not scaled: the dense features are built on about
+    # a unit scale, and scaling by the labels' spread would let a feature that barely varies
+    # among the labels take a huge weight, which requests unlike the labels would then feel.
+    mean = dense.mean(0)
+    xs = sp.hstack([x[:, buckets], sp.csr_matrix(dense - mean)]).tocsr()
     xt = xs.T.tocsr()
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -84,7 +86,7 @@ def refit_gain(live: Head, rows: Rows, strength: float = STRENGTH) -> Head:
     u = np.asarray(result.x[:-1], float)
     fitted = live.weights.astype(np.float64)
     fitted[buckets] += u[: len(buckets)]
-    moved = u[len(buckets) :] / scale
+    moved = u[len(buckets) :]
     fitted[HASH_BUCKETS:] += moved
     bias = live.bias + float(result.x[-1]) - float(moved @ mean)
     head = Head(fitted.astype(np.float32), bias)
