@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         shadows,
     )
     app.messages = MessagesEndpoint(
-        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth, shadows
     )
     app.responses = ResponsesEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth, shadows
