@@ -36,7 +36,7 @@ from router.routing.routed import Routing
 from router.settings import Settings
 from router.shadow import Shadows
 from router.state.controls import open_controls
-from router.state.labels import open_labels
+from router.state.labels import open_label_store
 from router.state.models import open_models
 from router.state.near import open_cache
 from router.state.ratelimit import open_rate_limiter
@@ -78,7 +78,7 @@ def build_deps(settings: Settings) -> Deps:
             settings.responses_ttl_seconds,
             settings.responses_max_entry_bytes,
         ),
-        labels=open_labels(shared),
+        labels=open_label_store(settings.redis_url),
         models=open_models(settings.redis_url),
     )
 
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, deps: Deps | None = None) -> Fl
         shadows,
     )
     app.messages = MessagesEndpoint(
-        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth
+        lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth, shadows
     )
     app.responses = ResponsesEndpoint(
         lambda: app.state.deps, settings.max_body_bytes, settings.max_json_depth, shadows

@@ -17,9 +17,8 @@ What is never compared, because it cannot be judged fairly: cache hits (nothing 
 answers a fallback tier gave, requests a rule or a live limit decided (or pinned to a tier:
 only the score's decisions are what a label can change), requests with tools (a tool call is no
 answer to judge), images (the judge tier may not read them), `n` > 1, answers cut short or
-empty, and the Messages door (its body is relayed in Anthropic format; its chat view is not
-what the upstream answered). Chat completions and the Responses door (whose chat request is
-what the pipeline sends) are offered.
+empty. Every front door is offered: a Messages body is asked of the other tier as it is, in
+Anthropic format (as the pipeline sends it), and the judge reads its chat view.
 
 Spend: both calls are priced from the policy and counted in the shared daily learning spend
 (`daily_budget_usd`), the `flashpro_learning_spend_usd` metric and the label; they are also
@@ -81,7 +80,6 @@ def unfit(routed: Routed, cache: CacheStatus, trail: Trail, body: dict[str, Any]
     """Why an answered request cannot be compared fairly, or None when it can."""
     request, decision = routed.request, routed.decision
     checks = (
-        (routed.anthropic is not None, "door"),
         (cache == "hit", "cache_hit"),
         (trail.fallback is not None, "fallback"),
         (decision.alias is None or not decision.rule.startswith("threshold:"), "rule"),
@@ -94,8 +92,10 @@ def unfit(routed: Routed, cache: CacheStatus, trail: Trail, body: dict[str, Any]
 
 
 def answer_text(body: dict[str, Any]) -> str | None:
-    """The text of a whole chat answer's only choice; None if it has none, calls a tool or was
-    cut short."""
+    """The text of a whole answer (chat: its only choice; Messages: its text blocks); None if
+    it has none, calls a tool or was cut short."""
+    if body.get("type") == "message":
+        return _message_text(body)
     choices = body.get("choices")
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
         return None
@@ -106,6 +106,16 @@ def answer_text(body: dict[str, Any]) -> str | None:
     if message.get("tool_calls") or not isinstance(content, str) or not content.strip():
         return None
     return content
+
+
+def _message_text(body: dict[str, Any]) -> str | None:
+    blocks = body.get("content")
+    if body.get("stop_reason") not in ("end_turn", "stop_sequence") or not isinstance(blocks, list):
+        return None
+    if any(not isinstance(b, dict) or b.get("type") == "tool_use" for b in blocks):
+        return None
+    text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
+    return text if text.strip() else None
 
 
 def at_tier(routing: Routing, decision: Decision, tier: str, why: str) -> Decision:
@@ -159,7 +169,7 @@ class Shadows:
         """A stream as the client gets it; with learning on, also assembled on the side, and the
         answer put in `whole` once the stream ended whole (to `offer` after it is sent)."""
         routing = routed.routing or self._deps_of().live
-        if routing.policy.learning is None or routed.anthropic is not None:
+        if routing.policy.learning is None:
             return chunks
         return _assembled(format_of(routed).assembler(), chunks, whole)
 

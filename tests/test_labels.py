@@ -18,7 +18,7 @@ from router.state.labels import (
     MemoryLabelStore,
     RedisLabelStore,
 )
-from router.state.store import Store, connect
+from router.state.store import Breaker, Store, connect
 from tests.conftest import RedisServer, free_port
 
 DAY = 86_400.0
@@ -130,15 +130,37 @@ async def test_two_processes_on_one_redis_share_labels_and_gates(redis_url: str)
     await two.aclose()
 
 
-async def test_a_dead_redis_loses_the_label_but_keeps_counting_in_memory() -> None:
+async def test_labels_wait_in_memory_while_redis_is_down_and_go_with_the_next_write(
+    redis_url: str,
+) -> None:
+    clock = Clock()
+    shared = Store(connect(f"redis://127.0.0.1:{free_port()}/0"), logging.getLogger())
+    store = RedisLabelStore(shared, clock)
+    await store.add(label(clock.now, "a"), 30, 10)  # Redis down: kept, not raised
+    assert store.pending == 1
+    with pytest.raises(LabelsDown):
+        await store.labels()
+    await store.count("failed:judge")
+    assert await store.totals() == {"failed:judge": 1}
+    assert await store.start(1) and not await store.start(1)  # this process's own gate
+    shared.client = connect(redis_url)  # Redis is back
+    shared.breaker = Breaker("test", logging.getLogger(), cool_down_s=0.0)
+    await store.add(label(clock.now + 1, "b"), 30, 10)
+    assert store.pending == 0
+    assert [row["id"] for row in await store.labels()] == ["a", "b"]
+    await store.aclose()
+
+
+async def test_past_its_buffer_or_at_shutdown_with_redis_down_a_label_is_lost_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("router.state.labels.PENDING_MAX", 2)
     store = RedisLabelStore(
         Store(connect(f"redis://127.0.0.1:{free_port()}/0"), logging.getLogger())
     )
+    await store.add(label(1.0, "a"), 30, 10)
+    await store.add(label(2.0, "b"), 30, 10)
     with pytest.raises(LabelsDown):
-        await store.add(label(1.0), 30, 10)
-    with pytest.raises(LabelsDown):
-        await store.labels()
-    await store.count("failed:store")
-    assert await store.totals() == {"failed:store": 1}
-    assert await store.start(1) and not await store.start(1)  # this process's own gate
-    await store.aclose()
+        await store.add(label(3.0, "c"), 30, 10)
+    await store.aclose()  # still down: the two waiting are lost, and counted
+    assert (await store.totals())["failed:store"] == 2

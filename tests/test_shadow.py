@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -464,3 +465,25 @@ def test_comparisons_past_max_in_flight_are_skipped(
         ask(base, "Second score=0.25")
         stats = learning_stats(base)
     assert stats["in_flight"] == 1 and stats["skipped"] == {"busy": 1}
+
+
+def test_the_messages_door_is_compared_in_its_own_format(
+    clean_sim: RunningSimulator, upstream_env: None, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_sim, policy=policy_file(tmp_path, "{sample_rate: 1, floor: 1}"))
+    deps = deps_for(settings)
+    with serve_app(settings, deps) as base:
+        api = anthropic.Anthropic(base_url=base, api_key="client-key", max_retries=0)
+        asked = [{"role": "user", "content": "Write a haiku score=0.2"}]
+        whole = api.messages.create(model="auto", max_tokens=500, messages=asked)
+        streamed = [{"role": "user", "content": "Write a limerick score=0.3"}]
+        with api.messages.stream(model="auto", max_tokens=500, messages=streamed) as events:
+            final = events.get_final_message()
+        settled(base, 2)
+    assert whole.content and final.stop_reason == "end_turn"
+    labels = stored_labels(deps)
+    assert sorted(label["score"] for label in labels) == [0.2, 0.3]
+    assert all(label["served"] == "flash" and len(label["verdicts"]) == 2 for label in labels)
+    shadows = [r for r in clean_sim.requests() if r.path.endswith("/messages") and r.body]
+    assert [r.body["model"] for r in shadows if r.body] == [FLASH, PRO, FLASH, PRO]
+    assert len(judge_calls(clean_sim)) == 4  # the judge reads the chat view, in chat format

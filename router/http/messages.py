@@ -44,6 +44,7 @@ from router.schemas_anthropic import (
     chat_view,
     estimate_input_tokens,
 )
+from router.shadow import Shadows
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -139,11 +140,16 @@ class MessagesEndpoint:
     """`/v1/messages` and its count_tokens as an ASGI callable."""
 
     def __init__(
-        self, deps_of: Callable[[], Deps], max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+        self,
+        deps_of: Callable[[], Deps],
+        max_body_bytes: int,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        shadows: Shadows | None = None,
     ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = with_bearer(headers_of(scope))
@@ -168,13 +174,20 @@ class MessagesEndpoint:
         plan = cache_plan(deps, routed, headers)
         out = {"request-id": rid, **ignored_header(request)}
         if request.stream:
-            opened = await open_stream(deps, routed, plan)
+            opened, whole = await open_stream(deps, routed, plan), list[dict[str, Any]]()
             out.update(answer_headers(opened, rid))
-            await send_stream(send, receive, sse(opened.chunks, rid), out)
+            chunks = opened.chunks
+            if self.shadows is not None:  # assembled on the side only with learning on
+                chunks = self.shadows.watch(routed, chunks, whole)
+            await send_stream(send, receive, sse(chunks, rid), out)
+            if self.shadows is not None and whole:
+                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
             return
         answer = await complete(deps, routed, plan)
         out["x-flashpro-cost-usd"] = f"{answer.cost_usd:.8f}"
         await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
+        if self.shadows is not None:
+            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
 
     async def _count(
         self, exchange: Exchange, headers: Mapping[str, str], receive: Receive, send: Send

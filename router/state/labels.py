@@ -6,14 +6,20 @@ every write to `retention_days` and capped at `max_labels` (the oldest go first)
 are one hash (`labels`, `agree`, `judge_usd`, `shadow_usd`, `failed:<reason>`,
 `skipped:<reason>`); the per-minute count of started comparisons and the day's spend are
 expiring counters (router/state/counter.py), the spend in micro-dollars. While Redis is down
-(router/state/store.py's breaker) the gates count in this process's memory, and a label that
-cannot be written is lost (the comparison counts it as failed).
+or slow (router/state/store.py's breaker) the gates count in this process's memory, and a label
+that cannot be written waits in memory (at most PENDING_MAX of them) and goes with the next write
+that succeeds, or at shutdown: each one cost three model calls. Only past PENDING_MAX, or when the
+process stops with Redis still down, is a label lost (LabelsDown; the comparison counts it as
+failed). The app gives this store its own Redis connection and breaker (`open_label_store`), so
+a burst of label writes never trips the breaker of the budgets and limits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,11 +27,13 @@ from typing import Any, Protocol
 import orjson
 
 from router.state.counter import Counter, MemoryCounter, RedisCounter
-from router.state.store import PREFIX, Client, Store, StoreDown
+from router.state.store import PREFIX, Client, Store, StoreDown, open_store
 
 LABELS_KEY = f"{PREFIX}:learning:labels"
 STATS_KEY = f"{PREFIX}:learning:stats"
 MEMORY_MAX_LABELS = 10_000  # without Redis, whatever the policy allows
+PENDING_MAX = 1_000  # labels kept in memory while Redis cannot take them
+LABELS_TIMEOUT_S = 2.0  # nothing waits on a label write: a slow Redis is not a down one
 _MICRO = 1_000_000
 _DAY_S = 86_400
 
@@ -142,22 +150,48 @@ class RedisLabelStore(_Gates):
         super().__init__(RedisCounter(store), clock)
         self._store = store
         self._fallback = MemoryLabelStore(clock)  # totals while Redis is down
+        self._pending: deque[tuple[bytes, float]] = deque()  # (member, ts) not written yet
+        self._limits = (30.0, 1)  # the latest (retention_days, max_labels), for the flush
+        self._flushing = asyncio.Lock()  # one flush at a time: each takes what is waiting
+
+    @property
+    def pending(self) -> int:
+        """Labels waiting in memory for Redis."""
+        return len(self._pending)
 
     async def add(self, label: dict[str, Any], retention_days: float, max_labels: int) -> None:
-        member = orjson.dumps(label)
+        self._limits = (retention_days, max_labels)
+        if len(self._pending) >= PENDING_MAX:
+            raise LabelsDown("the label store is unavailable and its buffer is full")
+        self._pending.append((orjson.dumps(label), float(label["ts"])))
+        await self.flush()
+
+    async def flush(self) -> bool:
+        """Write the labels waiting in memory, in one transaction; True when none is left."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
+        if not self._pending:
+            return True
+        batch = list(self._pending)
+        retention_days, max_labels = self._limits
         oldest = self._clock() - retention_days * _DAY_S
 
         async def write(client: Client) -> None:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.zadd(LABELS_KEY, {member: float(label["ts"])})
+                pipe.zadd(LABELS_KEY, dict(batch))
                 pipe.zremrangebyscore(LABELS_KEY, "-inf", f"({oldest}")
                 pipe.zremrangebyrank(LABELS_KEY, 0, -max_labels - 1)
                 await pipe.execute()
 
         try:
             await self._store.call(write)
-        except StoreDown as exc:
-            raise LabelsDown("the label store is unavailable") from exc
+        except StoreDown:
+            return False  # kept: a later write, or the shutdown, takes them
+        for _ in batch:  # others may have been added while this one was written
+            self._pending.popleft()
+        return not self._pending
 
     async def labels(self, since_ts: float | None = None) -> list[dict[str, Any]]:
         low = "-inf" if since_ts is None else since_ts
@@ -203,6 +237,10 @@ class RedisLabelStore(_Gates):
             return 0
 
     async def aclose(self) -> None:
+        if not await self.flush():
+            lost = len(self._pending)
+            self._pending.clear()
+            await self._fallback.count("failed:store", lost)
         await self._store.aclose()
 
 
@@ -217,3 +255,9 @@ def _text(value: bytes | str) -> str:
 def open_labels(shared: Store | None) -> LabelStore:
     """The label store on the shared Redis store, or in this process's memory without one."""
     return MemoryLabelStore() if shared is None else RedisLabelStore(shared)
+
+
+def open_label_store(url: str | None) -> LabelStore:
+    """The server's label store: its own Redis connection and breaker (LABELS_TIMEOUT_S), so a
+    slow label write never trips the budgets' and limits' breaker; memory without REDIS_URL."""
+    return open_labels(open_store(url, LABELS_TIMEOUT_S, what="learning labels"))

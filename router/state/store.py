@@ -141,9 +141,11 @@ class Store:
     """One Redis client for the shared state with one breaker, shared by the ledger, the share
     window and the rate counters: an outage trips them together."""
 
-    def __init__(self, client: Client, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self, client: Client, log: logging.Logger | None = None, what: str = "shared state"
+    ) -> None:
         self.client = client
-        self.breaker = Breaker("shared state", log or logging.getLogger("flashpro.store"))
+        self.breaker = Breaker(what, log or logging.getLogger("flashpro.store"))
         self._closed = False
 
     @property
@@ -168,9 +170,12 @@ class Store:
             await self.client.aclose()
 
 
-def open_store(url: str | None, timeout_s: float = 0.25) -> Store | None:
-    """The shared-state store for REDIS_URL, or None without one (state in process memory)."""
-    return Store(connect(url, timeout_s)) if url else None
+def open_store(
+    url: str | None, timeout_s: float = 0.25, what: str = "shared state"
+) -> Store | None:
+    """The shared-state store for REDIS_URL, or None without one (state in process memory).
+    `what` names it in the breaker's log lines."""
+    return Store(connect(url, timeout_s), what=what) if url else None
 
 
 class Outage:
