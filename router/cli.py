@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,8 +17,6 @@ from router.routing.policy import Policy, PolicyError, json_schema, load_policy
 
 if TYPE_CHECKING:
     from router.schemas import ChatRequest
-    from router.simulator.server import SimulatorConfig
-    from router.simulator.truth import GroundTruth
 
 Handler = Callable[[argparse.Namespace], int]
 SIMULATE_SPEED = 0.1  # `serve --simulate`: realistic pacing, ten times faster
@@ -105,7 +101,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.set_defaults(handler=run_serve)
 
     simulate = commands.add_parser("simulate-upstream", help="run the simulated DeepSeek server")
-    add_simulator_arguments(simulate)
+    if command in (None, "simulate-upstream"):
+        from router.simulator.command import add_simulator_arguments
+
+        add_simulator_arguments(simulate)
     simulate.set_defaults(handler=run_simulate)
 
     explain = commands.add_parser("route", help="show how a prompt would be routed")
@@ -349,91 +348,15 @@ def _header_value(text: str) -> tuple[str, str]:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from router.simulator import server as simulator
+    from router.simulator.command import SimulatorArgumentError, simulator_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = simulator_config(args)
+    try:
+        config = simulator_config(args)
+    except SimulatorArgumentError as exc:
+        raise InputError(str(exc)) from None
     simulator.serve(config, args.host, args.port)
     return 0
-
-
-def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
-    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier; 0 = none")
-    for flag, unit in (("--ttft-ms", "MS"), ("--tokens-per-s", "N")):
-        parser.add_argument(
-            flag,
-            action="append",
-            type=_model_value,
-            default=[],
-            metavar=f"MODEL={unit}",
-            help="override one model's profile (repeatable); an unknown MODEL adds a model",
-        )
-    parser.add_argument("--api-key", default=None, help="require this bearer token")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
-    parser.add_argument(
-        "--fault-status", type=int, default=500, help="status of those failures (default 500)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the fault, answer-quality and judge draws"
-    )
-    parser.add_argument(
-        "--truth",
-        metavar="MODULE:FUNCTION",
-        help="ground truth: a function (prompt text) -> hidden difficulty in [0, 1]; answers "
-        "then end with a quality marker and judge requests get a verdict "
-        "(e.g. router.simulator.truth:hashed_difficulty)",
-    )
-    parser.add_argument(
-        "--judge-noise",
-        type=float,
-        default=0.1,
-        help="with --truth: the chance that a simulated judgement is wrong (default 0.1)",
-    )
-    parser.add_argument(
-        "--max-output-tokens", type=int, default=400, help="longest answer, in tokens"
-    )
-
-
-def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    from router.simulator.server import SimulatorConfig, default_profiles
-
-    profiles = default_profiles()
-    base = profiles["deepseek-v4-flash"]
-    for model, ms in args.ttft_ms:
-        profiles[model] = replace(profiles.get(model, base), ttft_ms=ms)
-    for model, rate in args.tokens_per_s:
-        profiles[model] = replace(profiles.get(model, base), tokens_per_s=rate)
-    return SimulatorConfig(
-        profiles=profiles,
-        speed=args.speed,
-        api_key=args.api_key,
-        fault_rate=args.fault_rate,
-        fault_status=args.fault_status,
-        seed=args.seed,
-        max_output_tokens=args.max_output_tokens,
-        truth=None if args.truth is None else _ground_truth(args),
-    )
-
-
-def _ground_truth(args: argparse.Namespace) -> GroundTruth:
-    from router.simulator.truth import GroundTruth, load_truth
-
-    try:
-        return GroundTruth(load_truth(args.truth), args.judge_noise, args.seed)
-    except (ImportError, ValueError) as exc:
-        raise InputError(f"--truth {args.truth}: {exc}") from None
-
-
-def _model_value(text: str) -> tuple[str, float]:
-    model, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not sep or not model or not math.isfinite(number) or number < 0:
-        raise argparse.ArgumentTypeError(f"expected MODEL=NUMBER, got {text!r}")
-    return model, number
 
 
 def run_serve(args: argparse.Namespace) -> int:

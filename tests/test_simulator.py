@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # the cost-map switch above must come first
 
-from router.cli import add_simulator_arguments, simulator_config
+from router.simulator.command import add_simulator_arguments, simulator_config
 from router.simulator.server import (
     ModelProfile,
     RunningSimulator,

@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from router.cli import add_simulator_arguments, main, simulator_config
+from router.cli import main
+from router.simulator.command import add_simulator_arguments, simulator_config
 from router.simulator.server import (
     RunningSimulator,
     SimulatorConfig,

@@ -78,7 +78,7 @@ class RedisScoreWindow:
 
         async def push(client: Client) -> None:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.lpush(self._key(alias), f"{score:.6f} {tier}")
+                pipe.lpush(self._key(alias), f"{score!r} {tier}")
                 pipe.ltrim(self._key(alias), 0, self._size - 1)
                 await pipe.execute()
 
