@@ -40,6 +40,7 @@ from router.errors import FlashproError
 from router.formats import Assembler, format_of
 from router.pipeline import Deps, price, slot, upstream_call
 from router.routing.callers import Caller
+from router.routing.constrain import retarget
 from router.routing.decision import Decision
 from router.routing.judge import Compared, Verdict, combine, judge_prompt, label_of, parse_verdict
 from router.routing.learning import Learning, boundary, pair_for, sample_chance, sampled_aliases
@@ -116,20 +117,6 @@ def _message_text(body: dict[str, Any]) -> str | None:
         return None
     text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
     return text if text.strip() else None
-
-
-def at_tier(routing: Routing, decision: Decision, tier: str, why: str) -> Decision:
-    """`decision` moved to `tier` (its model and thinking settings)."""
-    spec = routing.policy.tiers[tier]
-    return replace(
-        decision,
-        tier=tier,
-        model=spec.model,
-        thinking=spec.thinking,
-        reasoning_effort=spec.reasoning_effort,
-        rule=why,
-        reason=why,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +240,10 @@ class Shadows:
         await self._within_budget(deps, learning)
         served = routed.decision.tier
         other = job.strong if served == job.weak else job.weak
-        shadow = replace(routed, decision=at_tier(job.routing, routed.decision, other, "shadow"))
+        shadow = replace(
+            routed,
+            decision=retarget(job.routing.policy, routed.decision, other, "shadow", rule="shadow"),
+        )
         completion = await self._ask(deps, shadow, "upstream")
         shadow_usd = await self._spent(deps, shadow, completion, "shadow")
         other_text = answer_text(completion.body)
@@ -292,7 +282,9 @@ class Shadows:
         request = ChatRequest(
             model=learning.judge_tier, messages=[{"role": "user", "content": prompt}]
         )
-        decision = at_tier(job.routing, routed.decision, learning.judge_tier, "judge")
+        decision = retarget(
+            job.routing.policy, routed.decision, learning.judge_tier, "judge", rule="judge"
+        )
         judging = Routed(request, routed.assessment, decision, job.routing, Caller())
         completion = await self._ask(deps, judging, "judge")
         usd = await self._spent(deps, judging, completion, "judge")

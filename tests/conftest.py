@@ -231,19 +231,21 @@ class FlashproProcess:
 
 
 @contextmanager
-def flashpro_process(
-    args: list[str],
+def router_process(
+    command: list[str],
     env: dict[str, str],
-    ready_path: str = "/healthz",
+    ready_path: str,
     ready_s: float = STARTUP_DEADLINE_S,
 ) -> Iterator[FlashproProcess]:
-    """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
+    """Run `python -m router COMMAND --port N ...` as a real process, until it answers
+    `ready_path`; stopped (terminated, then killed) on the way out."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    what = f"flashpro {command[0]}"
     # the output goes to a file, never an unread pipe: a full pipe would block the server
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "router", command[0], "--port", str(port), *command[1:]],
             env={**os.environ, **env},
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -253,12 +255,12 @@ def flashpro_process(
         def ready() -> bool:
             if process.poll() is not None:
                 output.seek(0)
-                raise RuntimeError(f"flashpro serve exited {process.returncode}: {output.read()}")
+                raise RuntimeError(f"{what} exited {process.returncode}: {output.read()}")
             return http_ok(base + ready_path)
 
         try:
             # a deadline, not a pause: start-up takes seconds, far longer on a loaded machine
-            wait_until(ready, timeout_s=ready_s, what="flashpro serve")
+            wait_until(ready, timeout_s=ready_s, what=what)
             yield FlashproProcess(base, process, output)
         finally:
             process.terminate()
@@ -267,6 +269,18 @@ def flashpro_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def flashpro_process(
+    args: list[str],
+    env: dict[str, str],
+    ready_path: str = "/healthz",
+    ready_s: float = STARTUP_DEADLINE_S,
+) -> Iterator[FlashproProcess]:
+    """Run `python -m router serve ...` as a real process (what the CLI and the container run)."""
+    with router_process(["serve", *args], env, ready_path, ready_s) as running:
+        yield running
 
 
 def pytest_asyncio_loop_factories(
