@@ -146,10 +146,10 @@ def test_sampling_compares_only_near_the_threshold_when_the_floor_is_tiny(
         stats = settled(base, len(near))
     asked = [last_text(r) for r in chats(clean_sim)]
     for text in near:  # the client's call and the shadow one
-        assert asked.count(text) == 2
+        assert asked.count(text) == 2, stats  # the figures say what became of a comparison
     for text in far:
-        assert asked.count(text) == 1
-    assert len(judge_calls(clean_sim)) == 2 * len(near)
+        assert asked.count(text) == 1, stats
+    assert len(judge_calls(clean_sim)) == 2 * len(near), stats
     assert stats["enabled"] is True
 
 
