@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -228,6 +229,20 @@ class FlashproProcess:
         """Everything the process wrote to stdout and stderr so far."""
         self.log.seek(0)
         return self.log.read()
+
+
+@contextmanager
+def own_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the caller's own, which it may stop, pause (SIGSTOP) and kill: resumed
+    and stopped on the way out."""
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from router.routing.budget import Hold
 from router.routing.limits import BudgetLimit
 from router.state.ledger import MemoryLedger, RedisLedger
 from router.state.store import Breaker, Store, StoreDown, connect
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, free_port, own_redis_server
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 DOLLAR_A_DAY = BudgetLimit(usd_per_day=1.0)
@@ -31,12 +31,8 @@ def hold(usd: float, scopes: tuple[str, ...] = ("total",), ttl_s: float = 60.0) 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this module's own, so stopping it disturbs no other test."""
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    if server.process is not None:
-        server.process.send_signal(signal.SIGCONT)
-    server.stop()
+    with own_redis_server() as server:
+        yield server
 
 
 @pytest.fixture

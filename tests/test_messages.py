@@ -11,11 +11,9 @@ import anthropic
 import httpx
 import pytest
 
-from router.app import build_deps
-from router.routing.auth import key_digest
 from router.simulator.server import RecordedRequest, RunningSimulator
-from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY, serve_app, settings_for
-from tests.fault_policy import CLIENT_KEY, write_policy
+from tests.conftest import HOSTILE_FIELDS, UPSTREAM_KEY
+from tests.fault_policy import CLIENT_KEY, keyed_flashpro
 
 HOSTILE = {k: v for k, v in HOSTILE_FIELDS.items() if k != "metadata"}
 WEATHER = {
@@ -353,14 +351,7 @@ def test_the_sdk_raises_its_own_error_types(flashpro: str) -> None:
 @pytest.fixture
 def strict(simulator: RunningSimulator, upstream_env: None, tmp_path: Path) -> Iterator[str]:
     """flashpro under a policy that requires client keys, with fast retries."""
-    policy = write_policy(
-        tmp_path,
-        auth={"required": True},
-        groups={"team": {}},
-        keys={key_digest(CLIENT_KEY): "team"},
-    )
-    settings = settings_for(simulator, policy=policy)
-    with serve_app(settings, build_deps(settings)) as base:
+    with keyed_flashpro(simulator, tmp_path) as base:
         yield base
 
 

@@ -23,7 +23,13 @@ from bench.soak import Outcome, chat_body, send
 from router.app import build_deps
 from router.routing.policy import Policy, load_policy
 from router.simulator.server import RunningSimulator
-from tests.conftest import RedisServer, free_port, serve_app, settings_for, wait_until
+from tests.conftest import (
+    RedisServer,
+    own_redis_server,
+    serve_app,
+    settings_for,
+    wait_until,
+)
 from tests.fault_policy import write_policy
 
 WORKERS = 8
@@ -90,12 +96,8 @@ def ledger_total(url: str) -> float:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, to stop and kill."""
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    if server.process is not None:
-        server.process.send_signal(signal.SIGCONT)
-    server.stop()
+    with own_redis_server() as server:
+        yield server
 
 
 @pytest.fixture

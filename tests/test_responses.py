@@ -15,7 +15,6 @@ import pytest
 
 from router.app import build_deps
 from router.pipeline import Deps
-from router.routing.callers import key_digest
 from router.routing.classify import FixedScoreClassifier
 from router.routing.policy import load_policy
 from router.routing.routed import Routing
@@ -24,7 +23,7 @@ from router.state.reasoning import ReasoningMemory
 from router.state.responses import ResponseStore
 from router.upstream.base import LiteLLMUpstream
 from tests.conftest import UPSTREAM_KEY, RedisServer, serve_app, settings_for, wait_until
-from tests.fault_policy import CLIENT_KEY, write_policy
+from tests.fault_policy import CLIENT_KEY, keyed_flashpro
 
 FUNCTION_TOOL = {
     "type": "function",
@@ -272,14 +271,7 @@ def test_callers_cannot_read_or_continue_each_others_responses(flashpro: str) ->
 
 @pytest.fixture
 def locked(simulator: RunningSimulator, upstream_env: None, tmp_path: Path) -> Iterator[str]:
-    policy = write_policy(
-        tmp_path,
-        auth={"required": True},
-        groups={"team": {}},
-        keys={key_digest(CLIENT_KEY): "team"},
-    )
-    settings = settings_for(simulator, policy=policy)
-    with serve_app(settings, build_deps(settings)) as base:
+    with keyed_flashpro(simulator, tmp_path) as base:
         yield base
 
 

@@ -327,8 +327,9 @@ async def _failed(
     await send_json(send, error.status, body, headers)
 
 
-class ChatEndpoint:
-    """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
+class Endpoint:
+    """What every front door's ASGI callable holds: how to find the app's dependencies, the
+    body's caps, and the shadow comparisons each whole answer is offered to once it is sent."""
 
     def __init__(
         self,
@@ -339,8 +340,35 @@ class ChatEndpoint:
     ) -> None:
         self.deps_of = deps_of
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self.shadows = shadows
+
+    def watched(
+        self, routed: Routed, chunks: AsyncIterator[dict[str, Any]], whole: list[dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The stream as the client gets it; with learning on, also assembled into `whole`."""
+        return chunks if self.shadows is None else self.shadows.watch(routed, chunks, whole)
+
+    def offer(
+        self, routed: Routed, answered: Answer | StreamAnswer, body: dict[str, Any] | None
+    ) -> None:
+        """Offer a whole answer the client has (None: the stream did not end whole)."""
+        if self.shadows is not None and body is not None:
+            self.shadows.offer(routed, answered.cache, answered.trail, body)
+
+
+class ChatEndpoint(Endpoint):
+    """`/v1/chat/completions` as an ASGI callable; `deps_of` finds the app's dependencies."""
+
+    def __init__(
+        self,
+        deps_of: Callable[[], Deps],
+        max_body_bytes: int,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        shadows: Shadows | None = None,
+    ) -> None:
+        super().__init__(deps_of, max_body_bytes, max_json_depth, shadows)
         self.intake = Intake(max_depth=max_json_depth)
-        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
@@ -368,19 +396,15 @@ class ChatEndpoint:
             waiting = link.keep_alive(lambda: _routing_headers(routed, plan, rid))
             opened = await open_stream(deps, routed, plan, waiting, exchange.gone)
             whole: list[dict[str, Any]] = []
-            chunks = opened.chunks
-            if self.shadows is not None:  # assembled on the side only with learning on
-                chunks = self.shadows.watch(routed, chunks, whole)
+            chunks = self.watched(routed, opened.chunks, whole)
             await link.stream(sse(chunks), answer_headers(opened, rid))
-            if self.shadows is not None and whole:
-                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
+            self.offer(routed, opened, whole[0] if whole else None)
             return
         answer = await complete(deps, routed, plan, exchange.gone)
         out = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **answer_headers(answer, rid)}
         link.close()
         await send_json(send, 200, answer.body, out)
-        if self.shadows is not None:
-            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
+        self.offer(routed, answer, answer.body)
 
 
 def _routing_headers(routed: Routed, plan: CachePlan, rid: str) -> dict[str, str]:

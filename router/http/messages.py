@@ -11,7 +11,7 @@ edges' one `serve`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from router.admission import admit, preview
 from router.errors import FlashproError, MethodNotAllowed
 from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
+    Endpoint,
     Exchange,
     Receive,
     Scope,
@@ -36,7 +37,7 @@ from router.http.chat import (
     serve,
 )
 from router.http.streaming import named_event
-from router.pipeline import Deps, cache_plan, complete, open_stream
+from router.pipeline import cache_plan, complete, open_stream
 from router.schemas import ChatRequest
 from router.schemas_anthropic import (
     CountTokensRequest,
@@ -44,7 +45,6 @@ from router.schemas_anthropic import (
     chat_view,
     estimate_input_tokens,
 )
-from router.shadow import Shadows
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -136,20 +136,8 @@ async def sse(events: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIt
         yield named_event(anthropic_error(exc, request_id))
 
 
-class MessagesEndpoint:
+class MessagesEndpoint(Endpoint):
     """`/v1/messages` and its count_tokens as an ASGI callable."""
-
-    def __init__(
-        self,
-        deps_of: Callable[[], Deps],
-        max_body_bytes: int,
-        max_json_depth: int = MAX_JSON_DEPTH,
-        shadows: Shadows | None = None,
-    ) -> None:
-        self.deps_of = deps_of
-        self.max_body_bytes = max_body_bytes
-        self.max_json_depth = max_json_depth
-        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = with_bearer(headers_of(scope))
@@ -176,18 +164,14 @@ class MessagesEndpoint:
         if request.stream:
             opened, whole = await open_stream(deps, routed, plan), list[dict[str, Any]]()
             out.update(answer_headers(opened, rid))
-            chunks = opened.chunks
-            if self.shadows is not None:  # assembled on the side only with learning on
-                chunks = self.shadows.watch(routed, chunks, whole)
+            chunks = self.watched(routed, opened.chunks, whole)
             await send_stream(send, receive, sse(chunks, rid), out)
-            if self.shadows is not None and whole:
-                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
+            self.offer(routed, opened, whole[0] if whole else None)
             return
         answer = await complete(deps, routed, plan)
         out["x-flashpro-cost-usd"] = f"{answer.cost_usd:.8f}"
         await send_json(send, 200, answer.body, {**out, **answer_headers(answer, rid)})
-        if self.shadows is not None:
-            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
+        self.offer(routed, answer, answer.body)
 
     async def _count(
         self, exchange: Exchange, headers: Mapping[str, str], receive: Receive, send: Send

@@ -20,6 +20,7 @@ from router.admission import admit
 from router.errors import FlashproError, InvalidRequest, MethodNotAllowed, RouteNotFound, clip
 from router.http.body import MAX_JSON_DEPTH
 from router.http.chat import (
+    Endpoint,
     Exchange,
     Receive,
     Scope,
@@ -101,7 +102,7 @@ def ignored_header(request: ResponsesRequest) -> dict[str, str]:
     return {"x-flashpro-ignored-tools": ",".join(sorted(set(ignored)))} if ignored else {}
 
 
-class ResponsesEndpoint:
+class ResponsesEndpoint(Endpoint):
     """`/v1/responses` and `/v1/responses/{id}` as an ASGI callable."""
 
     def __init__(
@@ -111,11 +112,8 @@ class ResponsesEndpoint:
         max_json_depth: int = MAX_JSON_DEPTH,
         shadows: Shadows | None = None,
     ) -> None:
-        self.deps_of = deps_of
-        self.max_body_bytes = max_body_bytes
-        self.max_depth = max_json_depth
+        super().__init__(deps_of, max_body_bytes, max_json_depth, shadows)
         self.bridge = ResponsesBridge()
-        self.shadows = shadows  # shadow comparisons, offered each whole answer once it is sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
@@ -137,7 +135,7 @@ class ResponsesEndpoint:
     ) -> None:
         deps, rid = exchange.deps, exchange.request_id
         body = await read_body(receive, headers, self.max_body_bytes)
-        request = parse_responses(body, self.max_depth)
+        request = parse_responses(body, self.max_json_depth)
         namespace = namespace_for(deps, headers)
         history = await self._history(deps, namespace, request)
         chat = chat_of(self.bridge.to_chat(request, history))
@@ -147,23 +145,19 @@ class ResponsesEndpoint:
         if request.stream:
             opened, whole = await open_stream(deps, routed, plan), list[dict[str, Any]]()
             model = opened.decision.model.split("/", 1)[-1]
-            chunks = opened.chunks
-            if self.shadows is not None:  # assembled on the side only with learning on
-                chunks = self.shadows.watch(routed, chunks, whole)
+            chunks = self.watched(routed, opened.chunks, whole)
             events = self.bridge.events(request, chunks, response_id, model)
             stream = self._sse(deps, namespace, request, history, events)
             extra = ignored_header(request)
             await send_stream(send, receive, stream, {**answer_headers(opened, rid), **extra})
-            if self.shadows is not None and whole:
-                self.shadows.offer(routed, opened.cache, opened.trail, whole[0])
+            self.offer(routed, opened, whole[0] if whole else None)
             return
         answer = await complete(deps, routed, plan)
         out = self.bridge.from_chat(request, answer.body, response_id)
         await self._keep(deps, namespace, request, history, out)
         extra = {"x-flashpro-cost-usd": f"{answer.cost_usd:.8f}", **ignored_header(request)}
         await send_json(send, 200, out, {**extra, **answer_headers(answer, rid)})
-        if self.shadows is not None:
-            self.shadows.offer(routed, answer.cache, answer.trail, answer.body)
+        self.offer(routed, answer, answer.body)
 
     async def _retrieve(
         self, exchange: Exchange, headers: Mapping[str, str], response_id: str, send: Send
@@ -224,7 +218,7 @@ class ResponsesEndpoint:
 
     async def routable(self, deps: Deps, headers: Mapping[str, str], body: bytes) -> ChatRequest:
         """A Responses body as the chat request it would be routed as (POST /v1/route)."""
-        request = parse_responses(body, self.max_depth)
+        request = parse_responses(body, self.max_json_depth)
         history = await self._history(deps, namespace_for(deps, headers), request)
         return chat_of(self.bridge.to_chat(request, history))
 
